@@ -69,7 +69,7 @@ def link_local(mac: str) -> ipaddress.IPv6Network:
     """The EUI-64 IPv6 link-local address of a MAC, as a /128."""
     b = [int(x, 16) for x in mac.split(":")]
     b[0] ^= 0x02
-    eui = b[:3] + [0xFF, 0xFE] + b[3:]
+    eui = [*b[:3], 255, 254, *b[3:]]
     iid = int.from_bytes(bytes(eui), "big")
     return ipaddress.IPv6Network((int(ipaddress.IPv6Address("fe80::")) | iid, 128))
 
@@ -194,7 +194,7 @@ def _spoof_entries(port: Port) -> tuple[SpoofEntry, ...]:
     for i, pair in enumerate(port.allowed_address_pairs):
         pmac = pair.mac_address or mac
         net = pair.network
-        out.append(SpoofEntry(net.version, net, pmac, Origin(  # type: ignore[arg-type]
+        out.append(SpoofEntry(net.version, net, pmac, Origin(
             OriginKind.ADDRESS_PAIR, "port", port.id, port.name,
             f"allowed_address_pairs[{i}] {pair.ip_address} {pmac}")))
         if pmac not in macs:
@@ -202,13 +202,13 @@ def _spoof_entries(port: Port) -> tuple[SpoofEntry, ...]:
     addrs = port.addresses()
     for a in addrs:
         net = ipaddress.ip_network(a)
-        out.append(SpoofEntry(a.version, net, mac, Origin(  # type: ignore[arg-type]
+        out.append(SpoofEntry(a.version, net, mac, Origin(
             OriginKind.FIXED_IP, "port", port.id, port.name, f"fixed IP {a} {mac}")))
     if mac not in macs:
         macs.append(mac)
     if not addrs:
         for fam in (4, 6):
-            out.append(SpoofEntry(fam, None, mac, Origin(  # type: ignore[arg-type]
+            out.append(SpoofEntry(fam, None, mac, Origin(
                 OriginKind.MAC_ONLY, "port", port.id, port.name,
                 f"port has no fixed IP: any IPv{fam} source with MAC {mac}")))
     for m in macs:
@@ -291,7 +291,7 @@ def compile_plan(model: Model, host: str | None = None) -> HostPlan:
         ] + [(p.network, OriginKind.ADDRESS_PAIR) for p in port.allowed_address_pairs]
         for gid in port.security_groups or ():
             for net, kind in contrib:
-                members.setdefault(set_id(gid, net.version), []).append(  # type: ignore[arg-type]
+                members.setdefault(set_id(gid, net.version), []).append(
                     SetMember(net, port.id, port.name, kind))
 
     rulesets: dict[str, RuleSet] = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -29,12 +29,12 @@ Family = Literal[4, 6]
 Direction = Literal["ingress", "egress"]
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     ALLOW = "allow"
     DROP = "drop"
 
 
-class CtState(str, Enum):
+class CtState(StrEnum):
     """Connection-tracking state of a packet, as netfilter and OVS name them."""
 
     NEW = "new"
@@ -44,7 +44,7 @@ class CtState(str, Enum):
     UNTRACKED = "untracked"
 
 
-class OriginKind(str, Enum):
+class OriginKind(StrEnum):
     SG_RULE = "security_group_rule"  # a user's security group rule
     FIXED_IP = "fixed_ip"  # anti-spoof entry from a fixed IP
     ADDRESS_PAIR = "allowed_address_pair"  # anti-spoof entry from an address pair

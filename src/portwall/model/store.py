@@ -11,6 +11,7 @@ can never disagree about what is valid.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import uuid
@@ -164,10 +165,8 @@ class Model:
         if "network_id" in data:
             data["network_id"] = self.get("network", data["network_id"], field="network_id").id
         if "cidr" in data and "ip_version" not in data:
-            try:
+            with contextlib.suppress(ValueError):
                 data["ip_version"] = ipaddress.ip_network(str(data["cidr"]), strict=False).version
-            except ValueError:
-                pass
         sub = parse(Subnet, data, "subnet")
         self._unique_id("subnet", sub.id)
         net = sub.network
@@ -480,7 +479,7 @@ class Model:
             pools = [(first, last)]
         for start, end in pools:
             addr = start
-            while addr <= end:
+            while addr <= end:  # type: ignore[operator]
                 text = str(addr)
                 if text not in taken and text != subnet.gateway_ip:
                     return text
