@@ -268,7 +268,7 @@ def _fallback(port: Port, direction: str) -> list[Rule]:
         Rule(f"fallback-v{fam}", Match(family=fam), Action.DROP,
              Origin(OriginKind.FALLBACK, "provider", "fallback", "fallback",
                     "no security group rule allows this traffic"))
-        for fam in (4, 6)  # type: ignore[assignment]
+        for fam in (4, 6)
     ]
 
 
