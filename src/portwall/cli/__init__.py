@@ -1,0 +1,30 @@
+"""The ``portwall`` command. Each command group lives in its own module next to this one."""
+
+from __future__ import annotations
+
+import click
+
+from portwall import __version__
+from portwall.cli.core import render_cmd, validate_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="portwall")
+def main() -> None:
+    """portwall: Neutron-style security groups, address pairs and port security,
+    enforced on a Linux host and explained.
+
+    \b
+    The pipeline every command shares:
+      model (your topology file, validated like Neutron's API)
+        -> compile (a per-host plan: ports, address sets, ordered rules)
+        -> render (iptables+ipset today)
+        -> apply (atomic, incremental, only what portwall owns)
+    trace and audit evaluate the same plan the renderers consume.
+
+    Start with:  portwall validate examples/seed000-router-vm.yaml
+    """
+
+
+main.add_command(validate_cmd)
+main.add_command(render_cmd)

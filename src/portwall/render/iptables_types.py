@@ -1,0 +1,60 @@
+"""What the iptables+ipset renderer produces and the iptables applier consumes.
+
+A ruleset is a set of portwall-owned chains per (family, table), the few hook rules that
+send traffic from built-in chains into them, and the ipsets the rules reference. Rules are
+kept as rule specs in ``iptables-save``'s canonical spelling, so the applier can compare
+the desired state with what the kernel reports chain by chain, as plain strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+IpFamily = Literal[4, 6]
+TableName = Literal["filter", "raw", "mangle", "nat"]
+
+#: Every chain and set portwall owns starts with this; nothing else is ever touched.
+PREFIX = "pw-"
+#: ipset names start with this (``pw4-...`` / ``pw6-...``).
+SET_PREFIX = "pw"
+
+
+@dataclass
+class Chain:
+    """A portwall-owned chain: its name and its rule specs (without ``-A <name>``)."""
+
+    name: str
+    rules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Hook:
+    """A rule portwall keeps at the top of a built-in chain (e.g. FORWARD -> pw-FORWARD)."""
+
+    builtin: str
+    rule: str  # spec without "-A <builtin>"; must be a jump to a portwall chain
+
+
+@dataclass
+class Table:
+    name: TableName
+    chains: dict[str, Chain] = field(default_factory=dict)  # in dependency order
+    hooks: list[Hook] = field(default_factory=list)
+
+
+@dataclass
+class IpSet:
+    name: str
+    family: IpFamily
+    set_type: str  # "hash:net"
+    members: list[str] = field(default_factory=list)  # sorted, canonical (as `ipset save`)
+    comment: str = ""  # which IR address set it renders (group name/id)
+
+
+@dataclass
+class IptablesRuleset:
+    """The whole desired iptables+ipset state of one host."""
+
+    tables: dict[IpFamily, dict[TableName, Table]] = field(default_factory=dict)
+    ipsets: dict[str, IpSet] = field(default_factory=dict)

@@ -1,0 +1,47 @@
+"""Shared fixtures. End-to-end tests get throw-away network namespaces that are always removed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from portwall.lab import netns
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def _can_netns() -> bool:
+    return os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+requires_netns = pytest.mark.skipif(not _can_netns(), reason="needs root and iproute2")
+
+
+@pytest.fixture
+def make_netns() -> Iterator[Callable[[str], str]]:
+    """Factory: ``make_netns("prefix")`` creates a uniquely named namespace; all are deleted
+    at teardown, whatever the test did."""
+    made: list[str] = []
+
+    def make(prefix: str = "pwt") -> str:
+        name = netns.unique_name(prefix)
+        netns.create(name)
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            netns.delete(name)
+
+
+@pytest.fixture
+def host_ns(make_netns: Callable[[str], str]) -> str:
+    """One throw-away "compute host" namespace."""
+    return make_netns("pwt-host")
