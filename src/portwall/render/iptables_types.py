@@ -50,6 +50,7 @@ class IpSet:
     set_type: str  # "hash:net"
     members: list[str] = field(default_factory=list)  # sorted, canonical (as `ipset save`)
     comment: str = ""  # which IR address set it renders (group name/id)
+    maxelem: int = 65536  # ipset default; raised (powers of two) to twice the members
 
 
 @dataclass

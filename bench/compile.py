@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Benchmark: model -> IR (compile) -> iptables + ipset (render), at 100 / 1,000 / 10,000 ports.
+
+    .venv/bin/python bench/compile.py [--sizes 100,1000,10000] [--repeat 3] [--dual-stack]
+    .venv/bin/python bench/compile.py --peer-json /tmp/ports-1000.json
+
+The synthetic workload has the shape of the Neutron peer's ``gen_ports.py``: every port is in
+``sg-all`` (which holds every port and has a remote-group rule on itself) and in one of
+``--groups`` ``sg-app-<k>`` groups (~10 rules each, one with remote group ``sg-all``); every
+port has 2 allowed address pairs. The model is built through :class:`portwall.model.Model`
+(Neutron's checks) and is not timed; compile and render are (best of ``--repeat``).
+``--peer-json`` reads the peer's JSON instead, so both tools can be compared on one input.
+
+Targets (2-core machine): 1,000 ports under 0.5 s, 10,000 under 5 s; rules linear in ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from portwall.ir import compile_plan
+from portwall.ir.types import HostPlan
+from portwall.model.store import Model, stable_ids
+from portwall.render.iptables import render_iptables
+from portwall.render.iptables_types import IptablesRuleset
+
+T = TypeVar("T")
+
+
+def _rule(direction: str, ethertype: str = "IPv4", protocol: str | None = None,
+          pmin: int | None = None, pmax: int | None = None, prefix: str | None = None,
+          remote_group: str | None = None) -> dict[str, Any]:
+    r: dict[str, Any] = {"direction": direction, "ethertype": ethertype}
+    for k, v in (("protocol", protocol), ("port_range_min", pmin), ("port_range_max", pmax),
+                 ("remote_ip_prefix", prefix), ("remote_group_id", remote_group)):
+        if v is not None:
+            r[k] = v
+    return r
+
+
+def sg_all_rules() -> list[dict[str, Any]]:
+    """The rules of the group every port is in (the new group's egress-any rules are
+    automatic), including a remote-group rule on itself."""
+    return [
+        _rule("ingress", protocol="tcp", pmin=22, pmax=22, prefix="0.0.0.0/0"),
+        _rule("ingress", protocol="icmp", prefix="0.0.0.0/0"),
+        _rule("ingress", "IPv6", protocol="ipv6-icmp"),
+        _rule("ingress", protocol="tcp", pmin=5432, pmax=5432, remote_group="sg-all"),
+        _rule("ingress", protocol="udp", pmin=53, pmax=53, prefix="10.0.0.0/8"),
+        _rule("ingress", protocol="tcp", pmin=9100, pmax=9100, prefix="192.168.0.0/16"),
+        _rule("ingress", protocol="udp", pmin=161, pmax=162, prefix="172.16.0.0/12"),
+        _rule("ingress", "IPv6", protocol="tcp", pmin=22, pmax=22),
+    ]
+
+
+def sg_app_rules(k: int) -> list[dict[str, Any]]:
+    return [
+        _rule("ingress", protocol="tcp", pmin=80, pmax=80, prefix="0.0.0.0/0"),
+        _rule("ingress", protocol="tcp", pmin=443, pmax=443),
+        _rule("ingress", protocol="tcp", pmin=8000 + k, pmax=8100 + k, prefix="10.0.0.0/8"),
+        _rule("ingress", protocol="tcp", pmin=3306, pmax=3306, prefix=f"10.{k % 256}.0.0/16"),
+        _rule("ingress", protocol="udp", pmin=5000, pmax=5100),
+        _rule("ingress", protocol="icmp", pmin=8, pmax=0, prefix="198.51.100.0/24"),
+        _rule("ingress", protocol="tcp", pmin=8080, pmax=8080, remote_group="sg-all"),
+        _rule("egress", protocol="tcp", pmin=25, pmax=25, prefix="203.0.113.0/24"),
+        _rule("ingress", "IPv6", protocol="tcp", pmin=80, pmax=80),
+        _rule("ingress", "IPv6", protocol="tcp", pmin=443, pmax=443, prefix="2001:db8::/32"),
+    ]
+
+
+def build_model(n_ports: int, groups: int = 10, dual_stack: bool = False) -> Model:
+    """The synthetic deployment, every resource created through Neutron's checks."""
+    m = Model(stable_ids("bench"))
+    net = m.create_network({"name": "net0"})
+    m.create_subnet({"name": "v4", "network_id": net.id, "cidr": "10.0.0.0/8"})
+    if dual_stack:
+        m.create_subnet({"name": "v6", "network_id": net.id, "cidr": "fd00::/64"})
+    sg_all = m.create_security_group({"name": "sg-all"})
+    for r in sg_all_rules():
+        m.create_security_group_rule(_group_refs(m, {**r, "security_group_id": sg_all.id}))
+    apps = []
+    for k in range(min(groups, max(n_ports, 1))):
+        sg = m.create_security_group({"name": f"sg-app-{k}"})
+        for r in sg_app_rules(k):
+            m.create_security_group_rule(_group_refs(m, {**r, "security_group_id": sg.id}))
+        apps.append(sg.id)
+    base4 = ipaddress.IPv4Address("10.0.0.10")
+    for i in range(n_ports):
+        fixed = [{"ip_address": str(base4 + i)}]
+        if dual_stack:
+            fixed.append({"ip_address": str(ipaddress.IPv6Address("fd00::10") + i)})
+        m.create_port({
+            "name": f"port-{i}",
+            "network_id": net.id,
+            "mac_address": f"fa:16:3e:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}",
+            "fixed_ips": fixed,
+            "allowed_address_pairs": [
+                {"ip_address": str(ipaddress.IPv4Address("10.200.0.0") + i)},
+                {"ip_address": f"172.{16 + i % 16}.{(i >> 8) & 255}.{i & 255}"},
+            ],
+            "security_groups": [sg_all.id, apps[i % len(apps)]],
+        })
+    return m
+
+
+def _group_refs(m: Model, body: dict[str, Any]) -> dict[str, Any]:
+    if body.get("remote_group_id"):
+        body["remote_group_id"] = m.get("security_group", body["remote_group_id"]).id
+    return body
+
+
+def model_from_peer_json(path: str) -> Model:
+    """The Neutron peer's workload file (``gen_ports.py`` output) as a portwall model."""
+    doc = json.loads(Path(path).read_text())
+    m = Model(stable_ids("peer"))
+    net_ids: dict[str, str] = {}
+    for p in doc["ports"]:
+        nid = p["network_id"]
+        if nid not in net_ids:
+            net = m.create_network({"id": nid, "name": nid})
+            net_ids[nid] = net.id
+            m.create_subnet({"network_id": net.id, "cidr": "10.0.0.0/8"})
+            m.create_subnet({"network_id": net.id, "cidr": "fd00::/16"})
+    for gid, g in doc["security_groups"].items():
+        m.create_security_group({"id": gid, "name": gid, "stateful": g.get("stateful", True),
+                                 "security_group_rules": []})
+        m.security_groups[gid].security_group_rules.clear()  # the file lists every rule
+    for gid, g in doc["security_groups"].items():
+        for r in g["rules"]:
+            m.create_security_group_rule({**r, "security_group_id": gid})
+    for p in doc["ports"]:
+        m.create_port({
+            "id": p["id"], "name": p["device"], "network_id": p["network_id"],
+            "mac_address": p["mac"], "fixed_ips": [{"ip_address": a} for a in p["fixed_ips"]],
+            "allowed_address_pairs": p["allowed_address_pairs"],
+            "port_security_enabled": p.get("port_security_enabled", True),
+            "security_groups": p["security_groups"] if p.get("port_security_enabled", True)
+            else [],
+        })
+    return m
+
+
+def _compile_and_render(model: Model) -> IptablesRuleset:
+    return render_iptables(compile_plan(model))
+
+
+def best_of(n: int, fn: Callable[[], T]) -> tuple[float, T]:
+    best, out = float("inf"), None
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    assert out is not None
+    return best, out
+
+
+def rendered_rules(rs: IptablesRuleset) -> int:
+    return sum(len(c.rules) for tables in rs.tables.values() for t in tables.values()
+               for c in t.chains.values())
+
+
+def measure(model: Model, repeat: int) -> dict[str, float]:
+    t_compile, plan = best_of(repeat, lambda: compile_plan(model))
+    assert isinstance(plan, HostPlan)
+    t_render, rs = best_of(repeat, lambda: render_iptables(plan))
+    return {
+        "ports": len(plan.ports), "compile": t_compile, "render": t_render,
+        "total": t_compile + t_render, "ir_rules": plan.rule_count(),
+        "rules": rendered_rules(rs), "members": sum(len(s.members) for s in rs.ipsets.values()),
+    }
+
+
+def print_table(rows: Sequence[dict[str, float]]) -> None:
+    head = ("ports", "compile s", "render s", "total s", "IR rules", "iptables rules v4+v6",
+            "rules/port", "ipset members")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print(f"| {r['ports']:,} | {r['compile']:.3f} | {r['render']:.3f} | {r['total']:.3f} | "
+              f"{r['ir_rules']:,} | {r['rules']:,} | {r['rules'] / max(r['ports'], 1):.1f} | "
+              f"{r['members']:,} |")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="100,1000,10000", help="comma-separated port counts")
+    ap.add_argument("--groups", type=int, default=10, help="number of sg-app-<k> groups")
+    ap.add_argument("--dual-stack", action="store_true", help="give every port an IPv6 fixed IP")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N timings")
+    ap.add_argument("--peer-json", help="measure the Neutron peer's workload file instead")
+    ap.add_argument("--profile", action="store_true", help="cProfile the largest size")
+    a = ap.parse_args(argv)
+    if a.peer_json:
+        t0 = time.perf_counter()
+        model = model_from_peer_json(a.peer_json)
+        print(f"# {a.peer_json}: model built in {time.perf_counter() - t0:.1f} s (not counted)")
+        print_table([measure(model, a.repeat)])
+        return 0
+    rows = []
+    sizes = [int(s) for s in a.sizes.split(",")]
+    for n in sizes:
+        t0 = time.perf_counter()
+        model = build_model(n, a.groups, a.dual_stack)
+        print(f"# {n} ports: model built in {time.perf_counter() - t0:.1f} s (not counted)",
+              file=sys.stderr)
+        if a.profile and n == max(sizes):
+            import cProfile
+            import pstats
+            prof = cProfile.Profile()
+            prof.runcall(_compile_and_render, model)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+        rows.append(measure(model, a.repeat))
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Renderers: one module per backend; IR in, backend rules out, no semantics decided here."""
+
+from portwall.render.iptables import ipset_restore_text, render_iptables, restore_text
+
+__all__ = ["ipset_restore_text", "render_iptables", "restore_text"]

@@ -1,0 +1,466 @@
+"""The iptables renderer's output, rule by rule, for the seed scenarios and edge cases.
+
+What the kernel makes of these strings is checked by ``tests/e2e/test_render_loads.py``;
+here the order and content of chains is pinned down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from portwall.ir import compile_plan
+from portwall.ir.types import (
+    Action,
+    CtState,
+    HostPlan,
+    Match,
+    PortPlan,
+    PortRange,
+    Rule,
+    SetRef,
+)
+from portwall.model.store import Model, stable_ids
+from portwall.render.iptables import (
+    CHAIN_NAME_MAX,
+    FORWARD_CHAIN,
+    INPUT_CHAIN,
+    PREROUTING_CHAIN,
+    SET_NAME_MAX,
+    SG_CHAIN,
+    RenderError,
+    egress_chain,
+    group_chain,
+    ingress_chain,
+    ipset_restore_text,
+    match_spec,
+    render_iptables,
+    restore_text,
+    set_name,
+    spoof_chain,
+)
+from portwall.render.iptables_types import IptablesRuleset
+from portwall.topology import loads_topology
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SEED000 = EXAMPLES / "seed000-router-vm.yaml"
+MARK = "-m comment --comment pw-port-mark -j MARK --set-xmark 0x100000/0x300000"
+ACCEPTED = "-m mark --mark 0x200000/0x200000 -m comment --comment pw-group-accept -j RETURN"
+
+
+def load(text: str, name: str = "t.yaml") -> Model:
+    return loads_topology(text, name).model
+
+
+def seed000(pairs: bool = False) -> Model:
+    model = load(SEED000.read_text(), str(SEED000))
+    if pairs:  # the fix the article recommends
+        model.update_port("vm0-net1", {"allowed_address_pairs": [{"ip_address": "10.0.2.0/24"}]})
+        model.update_port("vm0-net2", {"allowed_address_pairs": [{"ip_address": "10.0.1.0/24"}]})
+    return model
+
+
+def chain(rs: IptablesRuleset, family: int, name: str, table: str = "filter") -> list[str]:
+    return rs.tables[family][table].chains[name].rules  # type: ignore[index]
+
+
+def port(plan: HostPlan, name: str) -> PortPlan:
+    return plan.port(name)
+
+
+# ----------------------------------------------------------------- seed 000
+def test_seed000_spoof_chain_without_pairs_returns_only_the_fixed_ip() -> None:
+    plan = compile_plan(seed000())
+    rs = render_iptables(plan)
+    p = port(plan, "vm0-net1")
+    assert chain(rs, 4, spoof_chain(p)) == [
+        f"-s 10.0.1.1/32 -m mac --mac-source {p.mac} -m comment --comment spoof-fixed_ip -j RETURN",
+        "-m comment --comment pw-spoof-drop -j DROP",
+    ]
+
+
+def test_seed000_address_pair_return_comes_before_fixed_ip_and_drop() -> None:
+    plan = compile_plan(seed000(pairs=True))
+    rs = render_iptables(plan)
+    p = port(plan, "vm0-net1")
+    assert chain(rs, 4, spoof_chain(p)) == [
+        f"-s 10.0.2.0/24 -m mac --mac-source {p.mac} "
+        "-m comment --comment spoof-allowed_address_pair -j RETURN",
+        f"-s 10.0.1.1/32 -m mac --mac-source {p.mac} -m comment --comment spoof-fixed_ip -j RETURN",
+        "-m comment --comment pw-spoof-drop -j DROP",
+    ]
+
+
+def test_seed000_ingress_and_egress_chains_follow_neutron_order() -> None:
+    plan = compile_plan(seed000())
+    rs = render_iptables(plan)
+    p = port(plan, "serverX-port")
+    gid = plan.rulesets[next(iter(plan.rulesets))].group_id
+    gi, ge = (group_chain(plan.rulesets[f"sg-{gid}-{d}"]) for d in ("ingress", "egress"))
+    dhcp_rid = f"prov-dhcp-reply-{p.id}-10.0.1.100"
+    assert chain(rs, 4, ingress_chain(p)) == [
+        MARK,
+        "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment ct-established-v4 -j RETURN",
+        f'-d 10.0.1.100/32 -p udp -m udp --sport 67 --dport 68 -m comment --comment "{dhcp_rid}"'
+        " -j RETURN",
+        "-d 255.255.255.255/32 -p udp -m udp --sport 67 --dport 68"
+        " -m comment --comment prov-dhcp-reply-bcast -j RETURN",
+        f"-m comment --comment sg-{gid}-ingress -j {gi}",
+        ACCEPTED,
+        "-m conntrack --ctstate INVALID -m comment --comment ct-invalid-v4 -j DROP",
+        "-m comment --comment fallback-v4 -j DROP",
+    ]
+    assert chain(rs, 4, egress_chain(p)) == [
+        MARK,
+        "-s 0.0.0.0/32 -d 255.255.255.255/32 -p udp -m udp --sport 68 --dport 67"
+        " -m comment --comment prov-dhcp-discover -j RETURN",
+        f"-m comment --comment pw-spoof-check -j {spoof_chain(p)}",
+        "-p udp -m udp --sport 68 --dport 67 -m comment --comment prov-dhcp-client -j RETURN",
+        "-p udp -m udp --sport 67 --dport 68 -m comment --comment prov-dhcp-server-drop -j DROP",
+        "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment ct-established-v4 -j RETURN",
+        f"-m comment --comment sg-{gid}-egress -j {ge}",
+        ACCEPTED,
+        "-m conntrack --ctstate INVALID -m comment --comment ct-invalid-v4 -j DROP",
+        "-m comment --comment fallback-v4 -j DROP",
+    ]
+    # The group "open" has only IPv4 ingress rules: no jump to it in IPv6, and its IPv6
+    # ingress chain does not exist.
+    v6_in = chain(rs, 6, ingress_chain(p))
+    assert not any(gi in r for r in v6_in)
+    assert gi not in rs.tables[6]["filter"].chains
+    assert v6_in[0] == MARK
+    assert v6_in[1] == (
+        "-p ipv6-icmp -m icmp6 --icmpv6-type 130 -m comment --comment prov-icmp6-nd-in-130 -j RETURN")
+    # the shared group chain: one rule per IR rule, setting the accept bit
+    assert chain(rs, 4, gi) == [
+        f"-p {proto} -m comment --comment {r.rid} -j MARK --set-xmark 0x200000/0x200000"
+        for proto, r in zip(("icmp", "tcp", "udp"), plan.rulesets[f"sg-{gid}-ingress"].rules,
+                            strict=True)
+    ]
+
+
+def test_dispatch_forward_input_and_raw_layout() -> None:
+    plan = compile_plan(seed000())
+    rs = render_iptables(plan)
+    sg = chain(rs, 4, SG_CHAIN)
+    assert sg[0] == "-m comment --comment pw-mark-reset -j MARK --set-xmark 0x0/0x300000"
+    assert sg[-1] == "-m mark --mark 0x100000/0x100000 -m comment --comment pw-seen-accept -j ACCEPT"
+    p = plan.ports[0]
+    assert sg[1:3] == [
+        f"-m physdev --physdev-out {p.device} --physdev-is-bridged -m comment --comment port-{p.id}"
+        f" -j {ingress_chain(p)}",
+        f"-m physdev --physdev-in {p.device} --physdev-is-bridged -m comment --comment port-{p.id}"
+        f" -j {egress_chain(p)}",
+    ]
+    assert len(sg) == 2 + 2 * len(plan.ports)
+    assert chain(rs, 4, INPUT_CHAIN)[0] == (
+        f"-m physdev --physdev-in {p.device} -m comment --comment port-{p.id} -j {egress_chain(p)}")
+    bridges = sorted({q.bridge for q in plan.ports})
+    assert [r.split()[1] for r in chain(rs, 4, FORWARD_CHAIN)] == bridges
+    assert all("-m physdev --physdev-is-bridged" in r and r.endswith(f"-j {SG_CHAIN}")
+               for r in chain(rs, 4, FORWARD_CHAIN))
+    raw = chain(rs, 4, PREROUTING_CHAIN, "raw")
+    assert raw[0] == f"-m physdev --physdev-in {p.device} -m comment --comment port-{p.id}" \
+        f" -j CT --zone {p.zone}"
+    assert [r.split()[1] for r in raw[len(plan.ports):]] == bridges
+    hooks = {(t, h.builtin): h.rule for t, table in rs.tables[4].items() for h in table.hooks}
+    assert hooks == {
+        ("filter", "FORWARD"): f"-m comment --comment pw-hook -j {FORWARD_CHAIN}",
+        ("filter", "INPUT"): f"-m comment --comment pw-hook -j {INPUT_CHAIN}",
+        ("raw", "PREROUTING"): f"-m comment --comment pw-hook -j {PREROUTING_CHAIN}",
+    }
+
+
+# ----------------------------------------------------------------- seed 001
+SEED001 = """
+project: vip
+networks: [{name: n, subnets: [{name: s, cidr: 10.1.1.0/24}]}]
+security_groups:
+  - name: ssh
+    security_group_rules: [{direction: ingress, ethertype: IPv4, protocol: tcp,
+                            port_range_min: 22, port_range_max: 22}]
+  - name: proxy
+    security_group_rules: [{direction: ingress, ethertype: IPv4, protocol: tcp,
+                            port_range_min: 80, port_range_max: 80, remote_group_id: ssh}]
+ports:
+  - {name: nat, network_id: n, fixed_ips: [10.1.1.10], security_groups: [ssh],
+     allowed_address_pairs: [{ip_address: 0.0.0.0/0}]}
+  - {name: web, network_id: n, fixed_ips: [10.1.1.20], security_groups: [ssh],
+     allowed_address_pairs: [{ip_address: 10.1.1.2}]}
+  - {name: proxy1, network_id: n, fixed_ips: [10.1.1.30], security_groups: [proxy]}
+"""
+
+
+def test_seed001_remote_group_set_holds_zero_prefix_as_two_halves() -> None:
+    model = load(SEED001)
+    plan = compile_plan(model)
+    rs = render_iptables(plan)
+    ssh = model.get("security_group", "ssh")
+    name = set_name(ssh.id, 4)
+    assert set(rs.ipsets) == {name}
+    s = rs.ipsets[name]
+    assert (s.family, s.set_type) == (4, "hash:net")
+    assert s.members == ["0.0.0.0/1", "10.1.1.2", "10.1.1.10", "10.1.1.20", "128.0.0.0/1"]
+    proxy = plan.rulesets[f"sg-{model.get('security_group', 'proxy').id}-ingress"]
+    assert chain(rs, 4, group_chain(proxy)) == [
+        f"-p tcp -m set --match-set {name} src -m tcp --dport 80 -m comment --comment "
+        f"{proxy.rules[0].rid} -j MARK --set-xmark 0x200000/0x200000"
+    ]
+    # the 0.0.0.0/0 pair is a spoof entry without -s (iptables prints none for /0)
+    nat = plan.port("nat")
+    assert chain(rs, 4, spoof_chain(nat))[0] == (
+        f"-m mac --mac-source {nat.mac} -m comment --comment spoof-allowed_address_pair -j RETURN")
+    text = ipset_restore_text(rs)
+    assert text.splitlines()[0] == (
+        f"create {name} hash:net family inet hashsize 1024 maxelem 65536 -exist")
+    assert f"add {name} 128.0.0.0/1 -exist" in text.splitlines()
+
+
+# ---------------------------------------------------- port security, stateless, IPv6
+MIXED = """
+project: mixed
+networks:
+  - name: n
+    subnets: [{name: s4, cidr: 10.2.0.0/24}, {name: s6, cidr: "fd00:2::/64"}]
+security_groups:
+  - name: sl
+    stateful: false
+    security_group_rules: [{direction: ingress, ethertype: IPv4, protocol: udp,
+                            port_range_min: 53, port_range_max: 53}]
+  - name: v6only
+    default_egress_rules: false
+    security_group_rules: [{direction: ingress, ethertype: IPv6, protocol: tcp}]
+ports:
+  - {name: a-free, network_id: n, fixed_ips: [10.2.0.5], port_security_enabled: false}
+  - {name: b-sl, network_id: n, fixed_ips: [10.2.0.6], security_groups: [sl]}
+  - name: c-v6
+    network_id: n
+    fixed_ips: ["fd00:2::7"]
+    security_groups: [v6only]
+    allowed_address_pairs: [{ip_address: "fd00:2::100", mac_address: "fa:16:3e:00:00:aa"}]
+"""
+
+
+def test_port_security_disabled_is_accepted_after_every_filtered_dispatch() -> None:
+    plan = compile_plan(load(MIXED))
+    rs = render_iptables(plan)
+    free = plan.port("a-free")
+    assert not free.filtered
+    sg = chain(rs, 4, SG_CHAIN)
+    accepts = [i for i, r in enumerate(sg) if free.device in r]
+    assert [sg[i] for i in accepts] == [
+        f"-m physdev --physdev-out {free.device} --physdev-is-bridged -m comment --comment "
+        f"unfiltered-{free.id} -j ACCEPT",
+        f"-m physdev --physdev-in {free.device} --physdev-is-bridged -m comment --comment "
+        f"unfiltered-{free.id} -j ACCEPT",
+    ]
+    dispatch = [i for i, r in enumerate(sg) if "-j pw-i" in r or "-j pw-o" in r]
+    assert max(dispatch) < min(accepts)  # a filtered peer's chain is never skipped
+    for fam in (4, 6):
+        chains = rs.tables[fam]["filter"].chains
+        assert ingress_chain(free) not in chains and spoof_chain(free) not in chains
+        assert not any(free.device in r for r in chain(rs, fam, INPUT_CHAIN))
+
+
+def test_stateless_port_is_untracked_and_has_no_conntrack_rules() -> None:
+    plan = compile_plan(load(MIXED))
+    rs = render_iptables(plan)
+    sl, free = plan.port("b-sl"), plan.port("a-free")
+    for fam in (4, 6):
+        raw = chain(rs, fam, PREROUTING_CHAIN, "raw")
+        assert f"-m physdev --physdev-in {sl.device} -m comment --comment port-{sl.id}" \
+            " -j CT --notrack" in raw
+        assert f"-m physdev --physdev-in {free.device} -m comment --comment port-{free.id}" \
+            f" -j CT --zone {free.zone}" in raw
+        assert raw[-1] == f"-i {sl.bridge} -m comment --comment net-{sl.network_id}" \
+            f" -j CT --zone {sl.zone}"
+        for name in (ingress_chain(sl), egress_chain(sl)):
+            assert not any("conntrack" in r for r in chain(rs, fam, name))
+
+
+def test_ipv6_spoof_chain_has_link_local_of_every_mac() -> None:
+    plan = compile_plan(load(MIXED))
+    rs = render_iptables(plan)
+    p = plan.port("c-v6")
+    assert chain(rs, 6, spoof_chain(p)) == [
+        "-s fd00:2::100/128 -m mac --mac-source fa:16:3e:00:00:aa"
+        " -m comment --comment spoof-allowed_address_pair -j RETURN",
+        f"-s fd00:2::7/128 -m mac --mac-source {p.mac} -m comment --comment spoof-fixed_ip -j RETURN",
+        # link-locals of the MACs in use, in the IR's order (pair MACs, then the port's)
+        "-s fe80::f816:3eff:fe00:aa/128 -m mac --mac-source fa:16:3e:00:00:aa"
+        " -m comment --comment spoof-link_local -j RETURN",
+        f"-s {_ll(p.mac)}/128 -m mac --mac-source {p.mac} -m comment --comment spoof-link_local"
+        " -j RETURN",
+        "-m comment --comment pw-spoof-drop -j DROP",
+    ]
+    # no IPv4 address: the IPv4 spoof chain only drops
+    assert chain(rs, 4, spoof_chain(p)) == ["-m comment --comment pw-spoof-drop -j DROP"]
+    # its group has only IPv6 rules (and no egress rules at all): no IPv4 jump
+    assert not any("-j pw-g" in r for r in chain(rs, 4, ingress_chain(p)))
+    assert any("-j pw-gi" in r for r in chain(rs, 6, ingress_chain(p)))
+    assert not any("-j pw-ge" in r for r in chain(rs, 6, egress_chain(p)))
+
+
+def _ll(mac: str) -> str:
+    b = [int(x, 16) for x in mac.split(":")]
+    b[0] ^= 2
+    return str(ipaddress.IPv6Address(bytes([0xFE, 0x80, 0, 0, 0, 0, 0, 0, *b[:3], 0xFF, 0xFE,
+                                            *b[3:]])))
+
+
+# ---------------------------------------------------------------- match spelling
+SETS = {"sg-x-v4": "pw4-x", "sg-x-v6": "pw6-x"}
+
+
+@pytest.mark.parametrize(("match", "spec"), [
+    (Match(4, protocol=1, icmp_type=8, icmp_code=0), "-p icmp -m icmp --icmp-type 8/0"),
+    (Match(4, protocol=1, icmp_type=3), "-p icmp -m icmp --icmp-type 3"),
+    (Match(6, protocol=58, icmp_type=1, icmp_code=3), "-p ipv6-icmp -m icmp6 --icmpv6-type 1/3"),
+    (Match(4, protocol=6, dport=PortRange(1000, 2000)), "-p tcp -m tcp --dport 1000:2000"),
+    (Match(4, protocol=17, sport=PortRange(67, 67), dport=PortRange(68, 68)),
+     "-p udp -m udp --sport 67 --dport 68"),
+    (Match(4, protocol=132, dport=PortRange(80, 80)), "-p sctp -m sctp --dport 80"),
+    (Match(4, protocol=33, dport=PortRange(80, 90)), "-p dccp -m dccp --dport 80:90"),
+    (Match(4, protocol=136, dport=PortRange(80, 90)), "-p udplite -m multiport --dports 80:90"),
+    (Match(4, protocol=136, sport=PortRange(5, 5), dport=PortRange(80, 80)),
+     "-p udplite -m multiport --sports 5 -m multiport --dports 80"),
+    (Match(4, protocol=47), "-p gre"),
+    (Match(4, protocol=0), ""),
+    (Match(4, src=ipaddress.ip_network("0.0.0.0/0")), ""),
+    (Match(6, dst=ipaddress.ip_network("::ffff:1.2.3.4/128")), "-d ::ffff:1.2.3.4/128"),
+    (Match(4, protocol=6, src=SetRef("sg-x-v4"), dst=ipaddress.ip_network("10.0.0.1/32"),
+           dport=PortRange(22, 22)),
+     "-d 10.0.0.1/32 -p tcp -m set --match-set pw4-x src -m tcp --dport 22"),
+    (Match(4, src_mac="FA:16:3E:00:00:01"), "-m mac --mac-source fa:16:3e:00:00:01"),
+    (Match(4, ct=frozenset({CtState.ESTABLISHED, CtState.RELATED})),
+     "-m conntrack --ctstate RELATED,ESTABLISHED"),
+    (Match(6, ct=frozenset(CtState)), "-m conntrack --ctstate INVALID,NEW,RELATED,ESTABLISHED,UNTRACKED"),
+])
+def test_match_spelling(match: Match, spec: str) -> None:
+    assert " ".join(match_spec(match, SETS)) == spec
+
+
+def test_match_errors() -> None:
+    with pytest.raises(RenderError):
+        match_spec(Match(4, protocol=47, dport=PortRange(1, 2)), SETS)
+    with pytest.raises(RenderError):
+        match_spec(Match(4, src=SetRef("nope")), SETS)
+    with pytest.raises(RenderError):
+        match_spec(Match(4, protocol=6, icmp_type=1), SETS)
+
+
+# ------------------------------------------------------------- whole-ruleset properties
+def all_rules(rs: IptablesRuleset) -> list[tuple[str, str]]:
+    return [(name, r) for tables in rs.tables.values() for t in tables.values()
+            for name, c in t.chains.items() for r in c.rules]
+
+
+@pytest.mark.parametrize("text", [SEED001, MIXED, None])
+def test_names_comments_and_references(text: str | None) -> None:
+    plan = compile_plan(seed000(pairs=True) if text is None else load(text))
+    rs = render_iptables(plan)
+    for fam, tables in rs.tables.items():
+        for table in tables.values():
+            for name, c in table.chains.items():
+                assert c.name == name and name.startswith("pw-") and len(name) <= CHAIN_NAME_MAX
+                for r in c.rules:
+                    assert re.search(r"-m comment --comment (\S+|\"[^\"]+\") ", r), r
+                    target = r.rsplit(" -j ", 1)[1].split()[0]
+                    if target.startswith("pw-"):  # every jump lands on a chain of this table
+                        assert target in table.chains, (fam, name, r)
+            for h in table.hooks:
+                assert h.rule.rsplit(" -j ", 1)[1] in table.chains
+    for s in rs.ipsets.values():
+        assert len(s.name) <= SET_NAME_MAX and s.name.startswith(f"pw{s.family}-")
+    # IR rules are written with their rid
+    rids = {r.rid for rs_ in plan.rulesets.values() for r in rs_.rules}
+    comments = {m.group(1) for _, r in all_rules(rs) for m in [re.search(r"--comment (\S+)", r)] if m}
+    assert rids <= comments
+
+
+def test_long_and_odd_ids_get_short_distinct_names() -> None:
+    a = "x" * 40 + "/a"
+    b = "x" * 40 + "/b"
+    assert set_name(a, 4) != set_name(b, 4)
+    assert len(set_name(a, 6)) <= SET_NAME_MAX
+    assert set_name("sg-all", 4) == "pw4-sg-all"
+
+
+def test_rendering_is_deterministic() -> None:
+    outs = []
+    for _ in range(2):
+        rs = render_iptables(compile_plan(seed000(pairs=True)))
+        rs2 = render_iptables(compile_plan(load(MIXED)))
+        outs.append([restore_text(rs, 4), restore_text(rs, 6), ipset_restore_text(rs),
+                     restore_text(rs2, 4), restore_text(rs2, 6), ipset_restore_text(rs2)])
+    assert outs[0] == outs[1]
+
+
+def test_restore_text_layout() -> None:
+    rs = render_iptables(compile_plan(load(SEED001)))
+    lines = restore_text(rs, 4).splitlines()
+    assert lines[0] == "*filter" and lines.count("COMMIT") == 2
+    filt = lines[:lines.index("COMMIT")]
+    decl = [i for i, ln in enumerate(filt) if ln.startswith(":")]
+    rules = [i for i, ln in enumerate(filt) if ln.startswith("-A ")]
+    assert max(decl) < min(rules)  # every chain exists before any rule jumps to it
+    assert all(ln.endswith(" - [0:0]") and ln[1:].startswith("pw-") for ln in (filt[i] for i in decl))
+    assert "-I FORWARD 1 -m comment --comment pw-hook -j pw-FORWARD" in filt
+    assert not any(ln.startswith("-I ") for ln in restore_text(rs, 4, hooks=False).splitlines())
+    assert not any(ln.startswith(":FORWARD") for ln in lines)  # built-in policies untouched
+
+
+def _model(n_ports: int) -> Model:
+    m = Model(stable_ids("lin"))
+    net = m.create_network({"name": "n"})
+    m.create_subnet({"network_id": net.id, "cidr": "10.0.0.0/16"})
+    everyone = m.create_security_group({"name": "everyone", "security_group_rules": [
+        {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+         "port_range_min": p, "port_range_max": p, "remote_group_id": None}
+        for p in (22, 80, 443)]})
+    m.create_security_group_rule({"security_group_id": everyone.id, "direction": "ingress",
+                                  "ethertype": "IPv4", "remote_group_id": everyone.id})
+    for i in range(n_ports):
+        m.create_port({"network_id": net.id, "name": f"p{i}", "security_groups": [everyone.id],
+                       "allowed_address_pairs": [{"ip_address": f"10.9.{i}.0/24"}]})
+    return m
+
+
+def test_rule_count_grows_linearly_with_ports() -> None:
+    counts = []
+    for n in (5, 10, 20):
+        rs = render_iptables(compile_plan(_model(n)))
+        counts.append(len(all_rules(rs)))
+        group_rules = [r for name, r in all_rules(rs) if name.startswith("pw-g")]
+        assert len(group_rules) == 4  # the group's 4 ingress rules, whatever the port count
+        members = sum(len(s.members) for s in rs.ipsets.values())
+        assert members == 2 * n  # a set member per address, not a rule per member
+    assert counts[2] - counts[1] == 2 * (counts[1] - counts[0])
+
+
+def test_colliding_devices_are_refused() -> None:
+    plan = compile_plan(seed000())
+    p, q = plan.ports[0], plan.ports[1]
+    clash = HostPlan(plan.host, (p, replace(q, device=p.device)), plan.rulesets, plan.address_sets)
+    with pytest.raises(RenderError, match="collide"):
+        render_iptables(clash)
+    # a device whose chain would shadow a fixed chain (pw-s + g = pw-sg) is refused too
+    shadow = HostPlan(plan.host, (replace(p, device="tapg"),), plan.rulesets, plan.address_sets)
+    with pytest.raises(RenderError, match="pw-sg"):
+        render_iptables(shadow)
+
+
+def test_rule_actions_map_to_return_and_drop() -> None:
+    plan = compile_plan(seed000())
+    rs = render_iptables(plan)
+    p = plan.ports[0]
+    rendered = chain(rs, 4, egress_chain(p))
+    steps = [s for s in p.egress if isinstance(s, Rule) and s.match.family == 4]
+    for s in steps:
+        line = next(r for r in rendered if f"--comment {s.rid} " in r)
+        assert line.endswith("-j RETURN" if s.action == Action.ALLOW else "-j DROP")
+    assert sum("-j pw-s" in r for r in rendered) == 1  # the SpoofCheck: a jump to its chain
