@@ -15,11 +15,14 @@ class PortwallError(Exception):
     #: Neutron's exception class name, used as ``NeutronError.type``.
     neutron_type: str = "NeutronException"
 
-    def __init__(self, message: str, *, field: str | None = None, resource: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None, resource: str | None = None,
+                 ref: str | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
         self.resource = resource
+        #: Id of another resource the error is about (the rule a duplicate repeats, ...).
+        self.ref = ref
 
     def __str__(self) -> str:
         where = ".".join(p for p in (self.resource, self.field) if p)
@@ -43,8 +46,9 @@ class InvalidInput(PortwallError):
         field: str | None = None,
         resource: str | None = None,
         neutron_type: str | None = None,
+        ref: str | None = None,
     ):
-        super().__init__(message, field=field, resource=resource)
+        super().__init__(message, field=field, resource=resource, ref=ref)
         if neutron_type:
             self.neutron_type = neutron_type
 
@@ -62,8 +66,9 @@ class NotFound(PortwallError):
         field: str | None = None,
         resource: str | None = None,
         neutron_type: str | None = None,
+        ref: str | None = None,
     ):
-        super().__init__(message, field=field, resource=resource)
+        super().__init__(message, field=field, resource=resource, ref=ref)
         if neutron_type:
             self.neutron_type = neutron_type
 
@@ -81,7 +86,8 @@ class Conflict(PortwallError):
         field: str | None = None,
         resource: str | None = None,
         neutron_type: str | None = None,
+        ref: str | None = None,
     ):
-        super().__init__(message, field=field, resource=resource)
+        super().__init__(message, field=field, resource=resource, ref=ref)
         if neutron_type:
             self.neutron_type = neutron_type

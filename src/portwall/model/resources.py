@@ -4,6 +4,10 @@ These classes check *shape* (types, enums, address syntax) and apply per-resourc
 normalisation. Rules that need other resources (references, duplicates, "in use") live in
 :mod:`portwall.model.store`, which is the only place resources are created or changed.
 Unknown fields are rejected, as Neutron's API does.
+
+A validator that knows Neutron's exception for a bad value raises
+``PydanticCustomError(<NeutronExceptionName>, message)``; :func:`portwall.model.store.parse`
+turns the error type into the :class:`InvalidInput`'s ``neutron_type``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from portwall.model.errors import InvalidInput
 from portwall.model.protocols import (
@@ -21,6 +26,7 @@ from portwall.model.protocols import (
     IPV6_ONLY,
     PORT_PROTOCOLS,
     PROTOCOL_NUMBERS,
+    protocol_name,
     protocol_number,
 )
 
@@ -39,7 +45,8 @@ class Resource(BaseModel):
 
     id: str
     name: str = ""
-    project_id: str = "default"
+    #: Neutron still accepts the pre-Keystone-v3 spelling ``tenant_id``.
+    project_id: str = Field("default", validation_alias=AliasChoices("project_id", "tenant_id"))
 
     def label(self) -> str:
         """Name if set, else id: what a person should read in messages."""
@@ -205,15 +212,46 @@ class SecurityGroupRule(Resource):
         if text in PROTOCOL_NUMBERS or text == "icmpv6":
             return text
         if text.isdigit() and 0 <= int(text) <= 255:
-            return text
-        raise ValueError(
-            f"protocol '{v}' is not supported: use a name ({', '.join(sorted(PROTOCOL_NUMBERS))}),"
-            " a number 0-255, or 'any'"
+            return str(int(text))  # "06" and "6" are the same protocol
+        raise PydanticCustomError(
+            "SecurityGroupRuleInvalidProtocol",
+            "Security group rule protocol {value} not supported. Only protocol values {names}"
+            " and their integer representation (0 to 255) are supported.",
+            {"value": str(v), "names": ", ".join(sorted(PROTOCOL_NUMBERS))},
         )
+
+    @field_validator("ethertype", mode="before")
+    @classmethod
+    def _ethertype(cls, v: object) -> object:
+        # Neutron compares ethertypes case-insensitively ("ipv4" is IPv4).
+        if isinstance(v, str):
+            for name in ("IPv4", "IPv6"):
+                if v.strip().lower() == name.lower():
+                    return name
+        return v
+
+    @field_validator("port_range_min", "port_range_max", mode="before")
+    @classmethod
+    def _port_value(cls, v: object) -> int | None:
+        # Neutron's converter: any integer 0-65535 (strings of digits too), before it looks
+        # at the protocol; what the value means (port, ICMP type/code) is checked later.
+        if v is None:
+            return None
+        try:
+            value = int(str(v).strip()) if not isinstance(v, bool) else None
+        except ValueError:
+            value = None
+        if value is None or not 0 <= value <= 65535:
+            raise PydanticCustomError("SecurityGroupInvalidPortValue",
+                                      "Invalid value for port {port}.", {"port": str(v)})
+        return value
 
     @property
     def protocol_number(self) -> int | None:
-        return protocol_number(self.protocol)
+        """The protocol to match, None for any. Neutron's API lists "any or 0" together and
+        iptables reads ``-p 0`` as all protocols, so 0 ("ip", "hopopt") means any here too."""
+        number = protocol_number(self.protocol)
+        return None if number == 0 else number
 
     @property
     def remote_network(self) -> IPNetwork | None:
@@ -238,107 +276,102 @@ class SecurityGroupRule(Resource):
 
 
 def normalize_rule(rule: SecurityGroupRule) -> SecurityGroupRule:
-    """Neutron's validation and normalisation of one rule, on its own.
+    """Neutron's validation and normalisation of one rule, on its own, in Neutron's order
+    (canonical protocol, canonical port range, port range, remote prefix, ethertype vs
+    protocol, remotes), so the same bad rule gets the same error as from Neutron.
 
     Raises :class:`InvalidInput` naming the field. Returns a normalised copy.
     """
     r = rule.model_copy()
-    where = "security_group_rule"
     # icmp under IPv6 means ipv6-icmp; protocol number 1 under IPv6 means 58.
     if r.ethertype == "IPv6" and r.protocol in IPV6_ICMP_LEGACY:
         r.protocol = "ipv6-icmp"
     elif r.ethertype == "IPv6" and r.protocol == "1":
         r.protocol = "58"
-    proto = r.protocol_number
-    if r.port_range_min is not None or r.port_range_max is not None:
-        if proto is None:
-            raise InvalidInput(
-                "Must also specify protocol if port range is given.",
-                field="protocol", resource=where,
-                neutron_type="SecurityGroupProtocolRequiredWithPorts",
-            )
-        if proto in PORT_PROTOCOLS:
-            if r.port_range_min == 0 or r.port_range_max == 0:
-                raise InvalidInput(
-                    "Invalid value for port 0.",
-                    field="port_range_min" if r.port_range_min == 0 else "port_range_max",
-                    resource=where, neutron_type="SecurityGroupInvalidPortValue",
-                )
-            for attr in ("port_range_min", "port_range_max"):
-                value = getattr(r, attr)
-                if value is not None and not 1 <= value <= 65535:
-                    raise InvalidInput(
-                        f"Invalid value for port {value}: ports are 1-65535.",
-                        field=attr, resource=where,
-                        neutron_type="SecurityGroupInvalidPortValue",
-                    )
-            if r.port_range_min is None or r.port_range_max is None:
-                raise InvalidInput(
-                    "For TCP/UDP protocols, port_range_min and port_range_max must both be"
-                    " given.",
-                    field="port_range_max" if r.port_range_max is None else "port_range_min",
-                    resource=where, neutron_type="SecurityGroupInvalidPortRange",
-                )
-            if r.port_range_min > r.port_range_max:
-                raise InvalidInput(
-                    "For TCP/UDP protocols, port_range_min must be <= port_range_max.",
-                    field="port_range_min", resource=where,
-                    neutron_type="SecurityGroupInvalidPortRange",
-                )
-            if (r.port_range_min, r.port_range_max) == (1, 65535):
-                r.port_range_min = r.port_range_max = None
-        elif proto in ICMP_PROTOCOLS:
-            for attr, what in (("port_range_min", "type"), ("port_range_max", "code")):
-                value = getattr(r, attr)
-                if value is not None and not 0 <= value <= 255:
-                    raise InvalidInput(
-                        f"Invalid value for ICMP {what} ({attr}) {value}: it must be 0 to 255.",
-                        field=attr, resource=where, neutron_type="SecurityGroupInvalidIcmpValue",
-                    )
-            if r.port_range_min is None and r.port_range_max is not None:
-                raise InvalidInput(
-                    f"ICMP code (port_range_max) {r.port_range_max} is provided but ICMP type"
-                    " (port_range_min) is missing.",
-                    field="port_range_max", resource=where,
-                    neutron_type="SecurityGroupMissingIcmpType",
-                )
-        else:
-            raise InvalidInput(
-                f"Invalid protocol {r.protocol} for port range, only supported for TCP, UDP,"
-                " UDPLITE, SCTP, DCCP, ICMP and IPV6-ICMP protocols.",
-                field="port_range_min" if r.port_range_min is not None else "port_range_max",
-                resource=where, neutron_type="SecurityGroupInvalidProtocolForPort",
-            )
-    if r.ethertype == "IPv4" and proto in IPV6_ONLY:
-        raise InvalidInput(
-            f"Ethertype IPv4 is not supported for protocol {r.protocol}.",
-            field="protocol", resource=where,
-            neutron_type="SecurityGroupEthertypeConflictWithProtocol",
-        )
+    proto = protocol_number(r.protocol)  # raw: 0 is a protocol here, "any" only when matching
+    # The whole range is "any port": stored as null so backends emit no port match.
+    # (Only for protocols with ports: on ICMP 1/65535 is an invalid type/code, not "any".)
+    if proto in PORT_PROTOCOLS and (r.port_range_min, r.port_range_max) == (1, 65535):
+        r.port_range_min = r.port_range_max = None
+    _check_port_range(r, proto)
     if r.remote_ip_prefix is not None:
-        try:
-            net = parse_ip_or_cidr(r.remote_ip_prefix)
-        except ValueError as e:
-            raise InvalidInput(str(e), field="remote_ip_prefix", resource=where) from None
-        if r.ethertype != f"IPv{net.version}":
-            raise InvalidInput(
-                f"Conflicting value ethertype {r.ethertype} for CIDR {r.remote_ip_prefix}.",
-                field="remote_ip_prefix", resource=where,
-                neutron_type="SecurityGroupRuleParameterConflict",
-            )
-        r.remote_ip_prefix = str(net)
+        r.remote_ip_prefix = _check_prefix(r.remote_ip_prefix, r.ethertype)
+    if r.ethertype == "IPv4" and proto in IPV6_ONLY:
+        raise _rule_error(
+            f"Ethertype IPv4 is not supported for protocol {r.protocol}: it exists only in"
+            " IPv6 (use ethertype IPv6).",
+            "protocol", "SecurityGroupEthertypeConflictWithProtocol")
     remotes = [
         f for f in ("remote_ip_prefix", "remote_group_id", "remote_address_group_id")
         if getattr(r, f) is not None
     ]
     if len(remotes) > 1:
-        raise InvalidInput(
-            f"Only one of remote_ip_prefix, remote_group_id and remote_address_group_id may be"
-            f" provided (got {', '.join(remotes)}).",
-            field=remotes[1], resource=where,
-            neutron_type="SecurityGroupRemoteGroupAndRemoteIpPrefix",
-        )
+        raise _rule_error(
+            "Only one of remote_ip_prefix, remote_group_id and remote_address_group_id may be"
+            f" provided (got {' and '.join(remotes)}).",
+            remotes[1], "SecurityGroupMultipleRemoteEntites")
     return r
+
+
+def _rule_error(message: str, field: str, neutron_type: str) -> InvalidInput:
+    return InvalidInput(message, field=field, resource="security_group_rule",
+                        neutron_type=neutron_type)
+
+
+def _check_port_range(r: SecurityGroupRule, proto: int | None) -> None:
+    """Neutron's ``_validate_port_range``: what port_range_min/max may hold per protocol."""
+    lo, hi = r.port_range_min, r.port_range_max
+    if lo is None and hi is None:
+        return
+    if proto is None:
+        raise _rule_error("Must also specify protocol if port range is given.",
+                          "protocol", "SecurityGroupProtocolRequiredWithPorts")
+    if proto in PORT_PROTOCOLS:
+        if lo == 0 or hi == 0:
+            raise _rule_error(
+                f"Invalid value for port 0: {protocol_name(proto)} ports are 1-65535.",
+                "port_range_min" if lo == 0 else "port_range_max",
+                "SecurityGroupInvalidPortValue")
+        if lo is None or hi is None:
+            raise _rule_error(
+                f"For {protocol_name(proto).upper()} rules port_range_min and port_range_max"
+                " must both be given (the same value for a single port).",
+                "port_range_min" if lo is None else "port_range_max",
+                "SecurityGroupInvalidPortRange")
+        if lo > hi:
+            raise _rule_error(
+                f"For TCP/UDP protocols, port_range_min must be <= port_range_max (got {lo} >"
+                f" {hi}).", "port_range_min", "SecurityGroupInvalidPortRange")
+    elif proto in ICMP_PROTOCOLS:
+        for attr, what, value in (("port_range_min", "type", lo), ("port_range_max", "code", hi)):
+            if value is not None and not 0 <= value <= 255:
+                raise _rule_error(
+                    f"Invalid value for ICMP {what} ({attr}) {value}. It must be 0 to 255.",
+                    attr, "SecurityGroupInvalidIcmpValue")
+        if lo is None:
+            raise _rule_error(
+                f"ICMP code (port_range_max) {hi} is provided but ICMP type (port_range_min) is"
+                " missing.", "port_range_max", "SecurityGroupMissingIcmpType")
+    else:
+        raise _rule_error(
+            f"Invalid protocol {r.protocol} for port range: port ranges are only supported for"
+            " TCP, UDP, UDPLITE, SCTP and DCCP (and ICMP type/code for ICMP and IPV6-ICMP).",
+            "port_range_min" if lo is not None else "port_range_max",
+            "SecurityGroupInvalidProtocolForPort")
+
+
+def _check_prefix(prefix: str, ethertype: str) -> str:
+    """The prefix as a CIDR with its host bits zeroed; its family must be the ethertype's."""
+    try:
+        net = parse_ip_or_cidr(prefix)
+    except ValueError:
+        raise _rule_error(f"'{prefix}' is not a valid IP address or CIDR.", "remote_ip_prefix",
+                          "InvalidCIDR") from None
+    if ethertype != f"IPv{net.version}":
+        raise _rule_error(
+            f"Conflicting value ethertype {ethertype} for CIDR {prefix}: the prefix is IPv"
+            f"{net.version}.", "remote_ip_prefix", "SecurityGroupRuleParameterConflict")
+    return str(net)
 
 
 class SecurityGroup(Resource):
@@ -394,7 +427,27 @@ class FirewallRule(Resource):
     @field_validator("protocol", mode="before")
     @classmethod
     def _protocol(cls, v: object) -> object:
-        return None if v is None or str(v).lower() in ANY else str(v).lower()
+        if v is None or str(v).strip().lower() in ANY:
+            return None
+        text = str(v).strip().lower()
+        text = {"6": "tcp", "17": "udp", "1": "icmp"}.get(text, text)
+        if text not in ("tcp", "udp", "icmp"):
+            raise PydanticCustomError(
+                "FirewallRuleInvalidProtocol",
+                "Protocol {value} is not supported. Only protocol values tcp, udp, icmp (or"
+                " their numbers 6, 17, 1) and null are supported.", {"value": str(v)})
+        return text
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action(cls, v: object) -> object:
+        text = str(v).strip().lower()
+        if text not in ("allow", "deny", "reject"):
+            raise PydanticCustomError(
+                "FirewallRuleInvalidAction",
+                "Action {value} is not supported. Only action values allow, deny and reject are"
+                " supported.", {"value": str(v)})
+        return text
 
     @field_validator("source_ip_address", "destination_ip_address")
     @classmethod
@@ -411,9 +464,13 @@ class FirewallRule(Resource):
         try:
             nums = [int(p) for p in parts]
         except ValueError:
-            raise ValueError(f"'{v}' is not a port or a range 'min:max'") from None
-        if len(nums) > 2 or not all(1 <= n <= 65535 for n in nums) or nums != sorted(nums):
-            raise ValueError(f"'{v}' is not a port 1-65535 or a range 'min:max' with min <= max")
+            nums = []
+        if not 1 <= len(nums) <= 2 or not all(1 <= n <= 65535 for n in nums) \
+                or nums != sorted(nums):
+            raise PydanticCustomError(
+                "FirewallRuleInvalidPortValue",
+                "Invalid value for port {port}: use a port 1-65535 or a range 'min:max' with"
+                " min <= max.", {"port": str(v)})
         return text
 
 

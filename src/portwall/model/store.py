@@ -16,11 +16,11 @@ import hashlib
 import ipaddress
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
+from portwall.model import fwaas, l3
 from portwall.model.errors import Conflict, InvalidInput, NotFound, PortwallError
+from portwall.model.parsing import parse, required
 from portwall.model.resources import (
     MAX_ADDRESS_PAIRS,
     AllowedAddressPair,
@@ -29,6 +29,8 @@ from portwall.model.resources import (
     FirewallRule,
     FixedIP,
     FloatingIP,
+    IPAddress,
+    IPNetwork,
     Network,
     Port,
     Resource,
@@ -38,8 +40,6 @@ from portwall.model.resources import (
     Subnet,
     normalize_rule,
 )
-
-R = TypeVar("R", bound=BaseModel)
 
 #: A function that makes the id of a new resource from its kind and name.
 IdFactory = Callable[[str, str], str]
@@ -65,20 +65,41 @@ def stable_ids(scope: str = "") -> IdFactory:
     return make
 
 
-def parse(cls: type[R], data: Mapping[str, Any], resource: str) -> R:
-    """Validate ``data`` as ``cls``; pydantic's errors become :class:`InvalidInput`
-    naming the first offending field."""
-    try:
-        return cls.model_validate(dict(data))
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = f"Unrecognized attribute '{field}'"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        raise InvalidInput(msg, field=field, resource=resource) from None
+def _reserved_address(net: IPNetwork, addr: IPAddress, router_port: bool) -> str:
+    """Neutron's ``check_subnet_ip``: an IPv4 port may not take the network or broadcast
+    address (except on /31 and /32), an IPv6 non-router port not the subnet-router anycast
+    address. Returns what the address is, or "" if a port may use it."""
+    if net.version == 4 and net.prefixlen < 31:
+        if addr == net.network_address:
+            return "network"
+        if addr == net.broadcast_address:
+            return "broadcast"
+    if net.version == 6 and addr == net.network_address and not router_port:
+        return "subnet-router anycast"
+    return ""
+
+
+def _precheck_pairs(body: Mapping[str, Any]) -> None:
+    """The address-pair errors Neutron's validator reports before any other port check."""
+    pairs = body.get("allowed_address_pairs")
+    if pairs is None or "allowed_address_pairs" not in body:
+        return
+    if not isinstance(pairs, list):
+        raise InvalidInput("Allowed address pairs must be a list.",
+                           field="allowed_address_pairs", resource="port",
+                           neutron_type="HTTPBadRequest")
+    if len(pairs) > MAX_ADDRESS_PAIRS:
+        raise InvalidInput(
+            f"The number of allowed address pair exceeds the maximum {MAX_ADDRESS_PAIRS}"
+            f" (got {len(pairs)}).",
+            field="allowed_address_pairs", resource="port",
+            neutron_type="AllowedAddressPairExhausted",
+        )
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, Mapping) and "ip_address" not in pair:
+            raise InvalidInput("AllowedAddressPair must contain ip_address",
+                               field=f"allowed_address_pairs[{i}].ip_address", resource="port",
+                               neutron_type="AllowedAddressPairsMissingIP")
 
 
 class Model:
@@ -124,11 +145,16 @@ class Model:
             raise Conflict(
                 f"{len(named)} {kind}s are named '{ref}': use the id", field=field, resource=kind
             )
-        nice = "".join(p.capitalize() for p in kind.split("_"))
+        nice = {"floatingip": "FloatingIP"}.get(kind) or "".join(
+            p.capitalize() for p in kind.split("_"))
         raise NotFound(
             f"{kind.replace('_', ' ')} '{ref}' could not be found",
             field=field, resource=kind, neutron_type=f"{nice}NotFound",
         )
+
+    def names(self, kind: str) -> list[str]:
+        """The names in use for a kind of resource, sorted: for "did you mean" messages."""
+        return sorted({r.name for r in self._table(kind).values() if r.name})
 
     def security_group_rule(self, rule_id: str) -> SecurityGroupRule:
         for sg in self.security_groups.values():
@@ -223,9 +249,11 @@ class Model:
         data = {"id": self._new_id("security_group", str(body.get("name", ""))), **body}
         sg = parse(SecurityGroup, data, "security_group")
         self._unique_id("security_group", sg.id)
-        if sg.name == "default" and self.default_group(sg.project_id) is not None:
+        if sg.name == "default":
+            # Reserved: each project has exactly one, made by ensure_default_group.
             raise Conflict(
-                "Default security group already exists.", field="name",
+                "Default security group already exists: 'default' is reserved for the group"
+                " Neutron creates for each project.", field="name",
                 resource="security_group", neutron_type="SecurityGroupDefaultAlreadyExists",
             )
         self.ensure_default_group(sg.project_id)
@@ -249,27 +277,39 @@ class Model:
 
     def create_security_group_rule(self, body: Mapping[str, Any]) -> SecurityGroupRule:
         if "security_group_id" not in body:
-            raise InvalidInput("security_group_id is required", field="security_group_id",
-                               resource="security_group_rule")
+            raise required("security_group_id", "security_group_rule")
         sg = self.get("security_group", body["security_group_id"], field="security_group_id")
         return self._add_rule(sg, body)
 
     def _add_rule(self, sg: SecurityGroup, body: Mapping[str, Any]) -> SecurityGroupRule:
+        """Validate (shape, then Neutron's rule checks, then references, then duplicates, in
+        Neutron's order) and append one rule to ``sg``."""
         data = dict(body)
-        data.setdefault("id", self._new_id("security_group_rule", f"{sg.id}/{len(sg.security_group_rules)}"))
+        if "tenant_id" not in data:
+            data.setdefault("project_id", sg.project_id)
+        data.setdefault("id", self._new_id("security_group_rule",
+                                           f"{sg.id}/{len(sg.security_group_rules)}"))
         data["security_group_id"] = sg.id
-        data.setdefault("project_id", sg.project_id)
-        if data.get("remote_group_id") is not None:
-            data["remote_group_id"] = self.get(
-                "security_group", data["remote_group_id"], field="remote_group_id"
-            ).id
         rule = normalize_rule(parse(SecurityGroupRule, data, "security_group_rule"))
+        if rule.remote_group_id is not None:
+            rule.remote_group_id = self.get(
+                "security_group", rule.remote_group_id, field="remote_group_id"
+            ).id
+        if rule.remote_address_group_id is not None:
+            # portwall has no address groups (yet): a reference can only dangle, and
+            # ignoring it would silently widen the rule to "from anywhere".
+            raise NotFound(
+                f"Address group {rule.remote_address_group_id} could not be found.",
+                field="remote_address_group_id", resource="security_group_rule",
+                neutron_type="AddressGroupNotFound",
+            )
         key = rule.key()
         for existing in sg.security_group_rules:
             if existing.key() == key:
                 raise Conflict(
                     f"Security group rule already exists. Rule id is {existing.id}.",
                     resource="security_group_rule", neutron_type="SecurityGroupRuleExists",
+                    ref=existing.id,
                 )
         sg.security_group_rules.append(rule)
         return rule
@@ -285,12 +325,16 @@ class Model:
         for k in changes:
             if k not in allowed:
                 raise InvalidInput(f"Cannot update read-only attribute {k}", field=k,
-                                   resource="security_group")
+                                   resource="security_group", neutron_type="HTTPBadRequest")
         if "stateful" in changes and bool(changes["stateful"]) != sg.stateful and self.ports_in_group(sg.id):
             raise Conflict(
                 f"Security group {sg.label()} is in use: stateful cannot change while ports use it",
                 field="stateful", resource="security_group", neutron_type="SecurityGroupInUse",
             )
+        if sg.name == "default" and "name" in changes and changes["name"] != "default":
+            raise Conflict("Updating default security group not allowed.", field="name",
+                           resource="security_group",
+                           neutron_type="SecurityGroupCannotUpdateDefault")
         if changes.get("name") == "default" and sg.name != "default":
             raise Conflict("Default security group already exists.", field="name",
                            resource="security_group",
@@ -323,9 +367,10 @@ class Model:
     def create_port(self, body: Mapping[str, Any]) -> Port:
         data = {"id": self._new_id("port", str(body.get("name", ""))), **body}
         if "network_id" not in data:
-            raise InvalidInput("network_id is required", field="network_id", resource="port")
+            raise required("network_id", "port")
         net = self.get("network", data["network_id"], field="network_id")
         data["network_id"] = net.id
+        _precheck_pairs(data)
         port = parse(Port, data, "port")
         self._unique_id("port", port.id)
         if port.port_security_enabled is None:
@@ -344,10 +389,11 @@ class Model:
     def update_port(self, ref: str, changes: Mapping[str, Any]) -> Port:
         """Neutron's ``port-update``; the port is replaced only if every check passes."""
         old = self.get("port", ref)
-        for k in ("id", "network_id", "project_id"):
-            if k in changes and changes[k] != getattr(old, k):
+        for k in ("id", "network_id", "project_id", "tenant_id"):
+            if k in changes and changes[k] != getattr(old, k.replace("tenant_", "project_")):
                 raise InvalidInput(f"Cannot update read-only attribute {k}", field=k,
-                                   resource="port")
+                                   resource="port", neutron_type="HTTPBadRequest")
+        _precheck_pairs(changes)
         data = {**old.model_dump(by_alias=True), **changes}
         port = parse(Port, data, "port")
         if port.port_security_enabled is None:
@@ -445,6 +491,14 @@ class Model:
                         field=f"{field}.ip_address", resource="port",
                         neutron_type="InvalidIpForSubnet",
                     )
+                reserved = _reserved_address(subnet.network, addr, port.is_router_port)
+                if reserved:
+                    raise InvalidInput(
+                        f"IP address {addr} is not a valid IP for subnet {subnet.label()}"
+                        f" ({subnet.cidr}): it is the subnet's {reserved} address",
+                        field=f"{field}.ip_address", resource="port",
+                        neutron_type="InvalidIpForSubnet",
+                    )
                 if (subnet.id, str(addr)) in used or any(
                     o.ip_address == str(addr) for o in out
                 ):
@@ -490,7 +544,10 @@ class Model:
         )
 
     def _check_pairs(self, port: Port) -> list[AllowedAddressPair]:
-        pairs = port.allowed_address_pairs
+        """Neutron's address-pair rules; a pair without a MAC gets the port's (as Neutron
+        stores it), so a later MAC change of the port does not move the pair."""
+        pairs = [p if p.mac_address else p.model_copy(update={"mac_address": port.mac_address})
+                 for p in port.allowed_address_pairs]
         if pairs and port.port_security_enabled is False:
             raise Conflict(
                 "Port Security must be enabled in order to have allowed address pairs on a"
@@ -506,7 +563,7 @@ class Model:
             )
         seen: set[tuple[str, str | None]] = set()
         for i, pair in enumerate(pairs):
-            key = (pair.ip_address, pair.mac_address or port.mac_address)
+            key = (pair.ip_address, pair.mac_address)
             if key in seen:
                 raise InvalidInput(
                     f"Request contains duplicate address pair: mac_address {key[1]} ip_address"
@@ -521,6 +578,8 @@ class Model:
         if requested is not None and not isinstance(requested, list):
             raise InvalidInput("security_groups must be a list of ids or names",
                                field="security_groups", resource="port")
+        if port.is_trusted:
+            return []  # Neutron never applies groups to DHCP/router ports: it drops them.
         if not port.port_security_enabled:
             if requested:
                 raise InvalidInput(
@@ -531,7 +590,7 @@ class Model:
                 )
             return []
         if requested is None:
-            if not creating or port.is_trusted:
+            if not creating:
                 return []
             return [self.ensure_default_group(port.project_id).id]
         ids: list[str] = []
@@ -541,212 +600,51 @@ class Model:
                 ids.append(sg.id)
         modes = {self.security_groups[g].stateful for g in ids}
         if len(modes) > 1:
-            raise InvalidInput(
+            stateless = [self.security_groups[g].label() for g in ids
+                         if not self.security_groups[g].stateful]
+            raise Conflict(
                 "Cannot apply both stateful and stateless security groups on the same port at"
-                " the same time.",
+                f" the same time (stateless: {', '.join(stateless)}).",
                 field="security_groups", resource="port",
-                neutron_type="StatefulAndStatelessSecurityGroupsMixed",
+                neutron_type="SecurityGroupConflict",
             )
         return ids
 
     # ------------------------------------------------------------ routers & NAT
+    # The operations live in portwall.model.l3 (one module per API area); these are the
+    # public entry points, so callers only ever need a Model.
     def create_router(self, body: Mapping[str, Any]) -> Router:
-        data = {"id": self._new_id("router", str(body.get("name", ""))), **body}
-        gw = data.get("external_gateway_info")
-        if gw and "network_id" in gw:
-            net = self.get("network", gw["network_id"], field="external_gateway_info.network_id")
-            if not net.router_external:
-                raise InvalidInput(
-                    f"network {net.label()} is not an external network",
-                    field="external_gateway_info.network_id", resource="router",
-                )
-            data["external_gateway_info"] = {**gw, "network_id": net.id}
-        router = parse(Router, data, "router")
-        self._unique_id("router", router.id)
-        self.routers[router.id] = router
-        self.router_interfaces[router.id] = []
-        return router
+        return l3.create_router(self, body)
+
+    def router_gateway_port(self, router_id: str) -> Port | None:
+        """The router's port on its external network (None without a gateway)."""
+        return l3.router_gateway_port(self, router_id)
 
     def add_router_interface(self, ref: str, body: Mapping[str, Any]) -> Port:
         """``PUT /routers/{id}/add_router_interface`` with ``subnet_id`` or ``port_id``."""
-        router = self.get("router", ref)
-        if ("subnet_id" in body) == ("port_id" in body):
-            raise InvalidInput("Either subnet_id or port_id must be specified",
-                               field="subnet_id", resource="router")
-        if "subnet_id" in body:
-            subnet = self.get("subnet", body["subnet_id"], field="subnet_id")
-            for pid in self.router_interfaces[router.id]:
-                if any(f.subnet_id == subnet.id for f in self.ports[pid].fixed_ips):
-                    raise InvalidInput(
-                        f"Router already has a port on subnet {subnet.label()}",
-                        field="subnet_id", resource="router",
-                    )
-            if subnet.gateway_ip is None:
-                raise InvalidInput(f"subnet {subnet.label()} has no gateway_ip",
-                                   field="subnet_id", resource="router")
-            port = self.create_port({
-                "name": f"{router.label()}-{subnet.label()}",
-                "network_id": subnet.network_id,
-                "fixed_ips": [{"subnet_id": subnet.id, "ip_address": subnet.gateway_ip}],
-                "device_owner": "network:router_interface",
-                "device_id": router.id,
-            })
-        else:
-            port = self.get("port", body["port_id"], field="port_id")
-            if port.device_id and port.device_id != router.id:
-                raise Conflict(f"port {port.label()} is in use by {port.device_id}",
-                               field="port_id", resource="router", neutron_type="PortInUse")
-            port.device_owner, port.device_id = "network:router_interface", router.id
-        self.router_interfaces[router.id].append(port.id)
-        return port
+        return l3.add_router_interface(self, ref, body)
 
     def create_floatingip(self, body: Mapping[str, Any]) -> FloatingIP:
-        data = {"id": self._new_id("floatingip", str(body.get("floating_ip_address", "")
-                                                     or body.get("name", ""))), **body}
-        if "floating_network_id" not in data:
-            raise InvalidInput("floating_network_id is required", field="floating_network_id",
-                               resource="floatingip")
-        net = self.get("network", data["floating_network_id"], field="floating_network_id")
-        if not net.router_external:
-            raise InvalidInput(f"network {net.label()} is not an external network",
-                               field="floating_network_id", resource="floatingip")
-        data["floating_network_id"] = net.id
-        fip = parse(FloatingIP, data, "floatingip")
-        self._unique_id("floatingip", fip.id)
-        if fip.floating_ip_address is None:
-            ext = [s for s in self.subnets_of(net.id) if s.ip_version == 4]
-            if not ext:
-                raise InvalidInput(f"external network {net.label()} has no IPv4 subnet",
-                                   field="floating_network_id", resource="floatingip")
-            taken = {f.floating_ip_address for f in self.floating_ips.values()} | {
-                f.ip_address for p in self.ports.values() for f in p.fixed_ips
-            }
-            fip.floating_ip_address = self._allocate(ext[0], taken)
-        self.floating_ips[fip.id] = fip
-        if fip.port_id:
-            self._associate(fip, fip.port_id, fip.fixed_ip_address)
-        return fip
+        return l3.create_floatingip(self, body)
 
     def update_floatingip(self, ref: str, changes: Mapping[str, Any]) -> FloatingIP:
-        fip = self.get("floatingip", ref)
-        unknown = set(changes) - {"port_id", "fixed_ip_address", "description"}
-        if unknown:
-            field = sorted(unknown)[0]
-            raise InvalidInput(f"Cannot update attribute {field}", field=field,
-                               resource="floatingip")
-        if changes.get("port_id"):
-            self._associate(fip, changes["port_id"], changes.get("fixed_ip_address"))
-        elif "port_id" in changes:
-            fip.port_id = fip.fixed_ip_address = fip.router_id = None
-            fip.status = "DOWN"
-        return fip
-
-    def _associate(self, fip: FloatingIP, port_ref: str, fixed_ip: str | None) -> None:
-        port = self.get("port", port_ref, field="port_id")
-        addrs = [f for f in port.fixed_ips if f.ip_address and
-                 ipaddress.ip_address(f.ip_address).version == 4]
-        if fixed_ip is not None:
-            addrs = [f for f in addrs if f.ip_address == fixed_ip]
-        if not addrs:
-            raise InvalidInput(f"port {port.label()} has no IPv4 fixed IP"
-                               + (f" {fixed_ip}" if fixed_ip else ""),
-                               field="fixed_ip_address", resource="floatingip")
-        chosen = addrs[0]
-        router_id = None
-        for rid, pids in self.router_interfaces.items():
-            gw = self.routers[rid].external_gateway_info
-            if gw is None or gw.network_id != fip.floating_network_id:
-                continue
-            if any(f.subnet_id == chosen.subnet_id for pid in pids
-                   for f in self.ports[pid].fixed_ips):
-                router_id = rid
-                break
-        if router_id is None:
-            raise NotFound(
-                f"External network {fip.floating_network_id} is not reachable from subnet"
-                f" {chosen.subnet_id}: no router connects them.",
-                field="port_id", resource="floatingip",
-                neutron_type="ExternalGatewayForFloatingIPNotFound",
-            )
-        for other in self.floating_ips.values():
-            if other.id != fip.id and other.port_id == port.id and \
-                    other.fixed_ip_address == chosen.ip_address:
-                raise Conflict(
-                    f"fixed IP {chosen.ip_address} of port {port.label()} already has floating IP"
-                    f" {other.floating_ip_address}",
-                    field="port_id", resource="floatingip", neutron_type="FloatingIPPortAlreadyAssociated",
-                )
-        fip.port_id, fip.fixed_ip_address, fip.router_id = port.id, chosen.ip_address, router_id
-        fip.status = "ACTIVE"
+        return l3.update_floatingip(self, ref, changes)
 
     # ------------------------------------------------------------------- FWaaS
     def create_firewall_rule(self, body: Mapping[str, Any]) -> FirewallRule:
-        data = {"id": self._new_id("firewall_rule", str(body.get("name", ""))), **body}
-        rule = parse(FirewallRule, data, "firewall_rule")
-        self._unique_id("firewall_rule", rule.id)
-        for f in ("source_ip_address", "destination_ip_address"):
-            v = getattr(rule, f)
-            if v is not None and ipaddress.ip_network(v).version != rule.ip_version:
-                raise InvalidInput(f"{v} is not an IPv{rule.ip_version} address",
-                                   field=f, resource="firewall_rule",
-                                   neutron_type="FirewallIpAddressConflict")
-        if rule.protocol in (None, "icmp") and (rule.source_port or rule.destination_port):
-            field = "source_port" if rule.source_port else "destination_port"
-            raise InvalidInput(
-                "Source/destination port requires a protocol of tcp or udp",
-                field=field, resource="firewall_rule",
-                neutron_type="FirewallRuleInvalidICMPParameter"
-                if rule.protocol == "icmp" else "FirewallRuleWithPortWithoutProtocolInvalid",
-            )
-        self.firewall_rules[rule.id] = rule
-        return rule
+        return fwaas.create_firewall_rule(self, body)
 
     def create_firewall_policy(self, body: Mapping[str, Any]) -> FirewallPolicy:
-        data = {"id": self._new_id("firewall_policy", str(body.get("name", ""))), **body}
-        refs = data.get("firewall_rules") or []
-        data["firewall_rules"] = [
-            self.get("firewall_rule", r, field=f"firewall_rules[{i}]").id
-            for i, r in enumerate(refs)
-        ]
-        if len(set(data["firewall_rules"])) != len(data["firewall_rules"]):
-            raise InvalidInput("a firewall rule may appear only once in a policy",
-                               field="firewall_rules", resource="firewall_policy")
-        policy = parse(FirewallPolicy, data, "firewall_policy")
-        self._unique_id("firewall_policy", policy.id)
-        self.firewall_policies[policy.id] = policy
-        return policy
+        return fwaas.create_firewall_policy(self, body)
 
     def create_firewall_group(self, body: Mapping[str, Any]) -> FirewallGroup:
-        data = {"id": self._new_id("firewall_group", str(body.get("name", ""))), **body}
-        for f in ("ingress_firewall_policy_id", "egress_firewall_policy_id"):
-            if data.get(f) is not None:
-                data[f] = self.get("firewall_policy", data[f], field=f).id
-        ports = []
-        for i, ref in enumerate(data.get("ports") or []):
-            port = self.get("port", ref, field=f"ports[{i}]")
-            if not port.is_router_port:
-                raise InvalidInput(
-                    f"port {port.label()} is not a router port", field=f"ports[{i}]",
-                    resource="firewall_group", neutron_type="FirewallGroupPortInvalid",
-                )
-            for other in self.firewall_groups.values():
-                if port.id in other.ports:
-                    raise Conflict(
-                        f"port {port.label()} is already in firewall group {other.label()}",
-                        field=f"ports[{i}]", resource="firewall_group",
-                        neutron_type="FirewallGroupPortInUse",
-                    )
-            ports.append(port.id)
-        data["ports"] = ports
-        group = parse(FirewallGroup, data, "firewall_group")
-        self._unique_id("firewall_group", group.id)
-        self.firewall_groups[group.id] = group
-        return group
+        return fwaas.create_firewall_group(self, body)
 
     # ------------------------------------------------------------------ helpers
     def _unique_id(self, kind: str, rid: str) -> None:
         if rid in self._table(kind):
-            raise Conflict(f"{kind} {rid} already exists", field="id", resource=kind)
+            raise Conflict(f"{kind} {rid} already exists", field="id", resource=kind,
+                           neutron_type="IdInUse")
 
     def all_resources(self) -> Iterable[Resource]:
         for kind in ("network", "subnet", "port", "security_group", "router", "floatingip",
