@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 from portwall import __version__
+from portwall.cli.analyze import audit_cmd, trace_cmd
 from portwall.cli.core import render_cmd, validate_cmd
+from portwall.cli.demo import demo_cmd
+from portwall.cli.lab import lab_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,3 +31,7 @@ def main() -> None:
 
 main.add_command(validate_cmd)
 main.add_command(render_cmd)
+main.add_command(trace_cmd)
+main.add_command(audit_cmd)
+main.add_command(lab_group)
+main.add_command(demo_cmd)

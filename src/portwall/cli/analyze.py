@@ -1,0 +1,162 @@
+"""``portwall trace`` and ``portwall audit``: explain one verdict, or review a whole policy."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from portwall.cli.common import fail, load_or_exit
+from portwall.ir import compile_plan
+
+if TYPE_CHECKING:
+    from portwall.analyze.audit import Finding, MatrixRow
+
+
+@click.command("trace")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--from", "src", required=True, metavar="A",
+              help="Source: VM name (lab section), port name/id, or IP address.")
+@click.option("--to", "dst", required=True, metavar="B",
+              help="Destination: VM name, port name/id, or IP address.")
+@click.option("--proto", default="icmp", show_default=True,
+              help="tcp, udp, icmp, another protocol name, or a number.")
+@click.option("--sport", type=click.IntRange(1, 65535), default=None,
+              help="Source port (tcp/udp; default 40000).")
+@click.option("--dport", type=click.IntRange(1, 65535), default=None, help="Destination port.")
+@click.option("--icmp-type", type=click.IntRange(0, 255), default=None,
+              help="ICMP type (default echo request).")
+@click.option("--icmp-code", type=click.IntRange(0, 255), default=None)
+@click.option("--state", type=click.Choice(["new", "established"]), default="new",
+              show_default=True, help="Conntrack state of the packet.")
+@click.option("-6", "--ipv6", "v6", is_flag=True, help="Use IPv6 addresses of VMs and ports.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
+def trace_cmd(file: str, src: str, dst: str, proto: str, sport: int | None, dport: int | None,
+              icmp_type: int | None, icmp_code: int | None, state: str, v6: bool,
+              as_json: bool) -> None:
+    """Explain why a packet from A to B is allowed or denied.
+
+    Walks the path hop by hop (through VMs that forward and Neutron routers) and, on each
+    hop, the sender's anti-spoof check and egress rules and the receiver's ingress rules,
+    naming the rule, group, remote-group member and port responsible. Exit status 0 when
+    the packet is allowed, 1 when it is denied.
+
+    \b
+    Example:
+      portwall trace examples/seed000-router-vm.yaml --from serverX --to serverY --proto icmp
+    """
+    from portwall.analyze.trace import TraceError, Tracer
+
+    topo = load_or_exit(file)
+    plan = compile_plan(topo.model)
+    try:
+        result = Tracer.for_topology(topo, plan).trace(
+            src, dst, proto, sport=sport, dport=dport, state=state, icmp_type=icmp_type,
+            icmp_code=icmp_code, family=6 if v6 else None)
+    except (TraceError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        _print_trace(result)
+    sys.exit(0 if result.allowed else 1)
+
+
+def _print_trace(result: object) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    from portwall.analyze.trace import TraceResult
+
+    assert isinstance(result, TraceResult)
+    con = Console(highlight=False, soft_wrap=True)
+    colour = "green" if result.allowed else "red"
+    con.print(Text(f"{result.verdict.upper()}: {result.packet.describe()}", style=f"bold {colour}"))
+    marks = {"allow": ("✓", "green"), "deny": ("✗", "red"), "info": ("·", "dim")}
+    for s in result.steps:
+        if s.stage == "verdict":
+            continue
+        mark, style = marks[s.outcome]
+        line = Text(f"  {mark} ", style=style)
+        line.append(f"{s.stage:<10} ", style="bold")
+        line.append(s.detail)
+        con.print(line)
+    if result.hint:
+        con.print(Text(f"hint: {result.hint}", style="yellow"))
+
+
+@click.command("audit")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable findings.")
+@click.option("--fail-on", type=click.Choice(["info", "low", "medium", "high", "critical"]),
+              default=None, help="Exit 1 if a finding at or above this severity exists.")
+@click.option("--host-rules", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="An `iptables-save` dump of the compute host, to check host NAT rules.")
+@click.option("--host-netns", default=None, metavar="NS",
+              help="Read the host rules live from network namespace NS (never the root one).")
+@click.option("--matrix", is_flag=True, help="Also print who can reach whom, per service.")
+def audit_cmd(file: str, as_json: bool, fail_on: str | None, host_rules: str | None,
+              host_netns: str | None, matrix: bool) -> None:
+    """Review FILE's policy: leaks through wide address pairs in remote groups, sensitive
+    services open to the internet, shadowed rules, unfiltered ports, overlapping subnets,
+    and (with --host-rules/--host-netns) tenant subnets hijacked by host NAT rules.
+
+    The analysis is exhaustive: it reasons over address and port ranges, not samples.
+    """
+    from portwall.analyze.audit import SEVERITIES, HostRules, audit, reachability_matrix
+
+    if host_rules and host_netns:
+        fail("give --host-rules or --host-netns, not both")
+    topo = load_or_exit(file)
+    plan = compile_plan(topo.model)
+    host: HostRules | None = None
+    try:
+        if host_rules:
+            host = HostRules.from_file(host_rules)
+        elif host_netns:
+            host = HostRules.from_netns(host_netns)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    findings = audit(topo.model, plan, host)
+    mat = reachability_matrix(topo.model, plan) if matrix else None
+    if as_json:
+        doc: dict[str, object] = {"findings": [f.to_json() for f in findings]}
+        if mat is not None:
+            doc["matrix"] = [row.to_json() for row in mat]
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        _print_audit(findings, mat)
+    if fail_on is not None:
+        limit = SEVERITIES.index(fail_on)
+        if any(SEVERITIES.index(f.severity) >= limit for f in findings):
+            sys.exit(1)
+
+
+def _print_audit(findings: list[Finding], mat: list[MatrixRow] | None) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    from portwall.analyze.audit import SEVERITIES
+
+    con = Console(highlight=False, soft_wrap=True)
+    styles = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan",
+              "info": "dim"}
+    if not findings:
+        con.print(Text("no findings", style="green"))
+    for f in findings:
+        con.print(Text(f"{f.code} {f.severity.upper():<8} {f.title}", style=styles[f.severity]))
+        if f.resources:
+            con.print("  resources: " + ", ".join(r.label() for r in f.resources))
+        con.print(f"  {f.detail}")
+        if f.fix:
+            con.print(Text(f"  fix: {f.fix}", style="yellow"))
+    if mat is not None:
+        con.print(Text("\nreachability (who can open connections to whom)", style="bold"))
+        for row in mat:
+            con.print(f"  {row.text()}")
+    counts = {sev: sum(f.severity == sev for f in findings) for sev in reversed(SEVERITIES)}
+    summary = ", ".join(f"{n} {sev}" for sev, n in counts.items() if n)
+    con.print(Text(f"\n{len(findings)} findings" + (f" ({summary})" if summary else ""),
+                   style="bold"))
