@@ -15,12 +15,21 @@ class PortwallError(Exception):
     #: Neutron's exception class name, used as ``NeutronError.type``.
     neutron_type: str = "NeutronException"
 
-    def __init__(self, message: str, *, field: str | None = None, resource: str | None = None,
-                 ref: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        resource: str | None = None,
+        neutron_type: str | None = None,
+        ref: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.field = field
         self.resource = resource
+        if neutron_type:
+            self.neutron_type = neutron_type
         #: Id of another resource the error is about (the rule a duplicate repeats, ...).
         self.ref = ref
 
@@ -39,19 +48,6 @@ class InvalidInput(PortwallError):
     status = 400
     neutron_type = "InvalidInput"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        field: str | None = None,
-        resource: str | None = None,
-        neutron_type: str | None = None,
-        ref: str | None = None,
-    ):
-        super().__init__(message, field=field, resource=resource, ref=ref)
-        if neutron_type:
-            self.neutron_type = neutron_type
-
 
 class NotFound(PortwallError):
     """404: a referenced resource does not exist."""
@@ -59,35 +55,9 @@ class NotFound(PortwallError):
     status = 404
     neutron_type = "NotFound"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        field: str | None = None,
-        resource: str | None = None,
-        neutron_type: str | None = None,
-        ref: str | None = None,
-    ):
-        super().__init__(message, field=field, resource=resource, ref=ref)
-        if neutron_type:
-            self.neutron_type = neutron_type
-
 
 class Conflict(PortwallError):
     """409: the request conflicts with the current state (duplicate, in use, ...)."""
 
     status = 409
     neutron_type = "Conflict"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        field: str | None = None,
-        resource: str | None = None,
-        neutron_type: str | None = None,
-        ref: str | None = None,
-    ):
-        super().__init__(message, field=field, resource=resource, ref=ref)
-        if neutron_type:
-            self.neutron_type = neutron_type

@@ -79,6 +79,13 @@ def _reserved_address(net: IPNetwork, addr: IPAddress, router_port: bool) -> str
     return ""
 
 
+def _taken_by(subnet_id: str, chosen: list[FixedIP],
+              in_use: Callable[[str, str], bool]) -> Callable[[str], bool]:
+    """Is an address of ``subnet_id`` taken, by another port or earlier in this request?"""
+    mine = {f.ip_address for f in chosen}
+    return lambda ip: ip in mine or in_use(subnet_id, ip)
+
+
 def _precheck_pairs(body: Mapping[str, Any]) -> None:
     """The address-pair errors Neutron's validator reports before any other port check."""
     pairs = body.get("allowed_address_pairs")
@@ -530,10 +537,7 @@ class Model:
                 if subnet is None:
                     raise InvalidInput("a fixed IP needs subnet_id or ip_address",
                                        field=field, resource="port")
-                chosen = {o.ip_address for o in out}
-                sid = subnet.id
-                ip = self._allocate(
-                    subnet, lambda a, chosen=chosen, sid=sid: a in chosen or in_use(sid, a))
+                ip = self._allocate(subnet, _taken_by(subnet.id, out, in_use))
                 out.append(FixedIP(subnet_id=subnet.id, ip_address=ip))
         return out
 
