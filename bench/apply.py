@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Benchmark the iptables+ipset applier on one host namespace.
+
+    .venv/bin/python bench/apply.py [--sizes 100,1000] [--reps 3] [--no-peer] [--legacy]
+
+For each size N (ports on the host; the workload of /work/shared/peer/neutron/gen_ports.py:
+2 groups per port, ~10 rules per group, a remote-group rule on a group holding every port,
+an address pair on every 10th port) it prints:
+
+* full sync: ``IptablesApplier.apply`` into an empty namespace, against a *bare* load of the
+  same final state (``ipset restore`` + ``iptables-restore`` + ``ip6tables-restore`` of the
+  renderer's text, no reading, no diffing) — the overhead ratio;
+* with N ports present, the time to enforce (a) one new port, (b) one new remote-group
+  member (a port on another host joins the all-ports group), (c) one changed rule (a rule of
+  one group replaced); ``apply`` time, and model->IR->ruleset time separately;
+* optionally Neutron's own iptables driver on the same workload (full apply, +1 port), if
+  the peer venv (/opt/neutron-peer-venv, see /work/shared/peer/neutron/README.md) exists.
+
+Everything runs in namespaces made here and deleted at the end; nothing touches the root
+namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import ipaddress
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from portwall.apply import IptablesApplier
+from portwall.ir.compile import compile_plan
+from portwall.ir.types import HostPlan
+from portwall.lab import netns
+from portwall.model import Model, stable_ids
+from portwall.render.iptables import ipset_restore_text, render_iptables, restore_text
+from portwall.render.iptables_types import IptablesRuleset
+
+PEER_DIR = Path("/work/shared/peer/neutron")
+PEER_VENV = Path(os.environ.get("NEUTRON_PEER_VENV", "/opt/neutron-peer-venv"))
+HOST = "bench-host"
+GROUPS = 10
+
+
+# ------------------------------------------------------------------ workload
+def _rule(direction: str, ethertype: str = "IPv4", protocol: str | None = None,
+          lo: int | None = None, hi: int | None = None, prefix: str | None = None,
+          remote: str | None = None) -> dict[str, Any]:
+    r: dict[str, Any] = {"direction": direction, "ethertype": ethertype}
+    for k, v in (("protocol", protocol), ("port_range_min", lo), ("port_range_max", hi),
+                 ("remote_ip_prefix", prefix), ("remote_group_id", remote)):
+        if v is not None:
+            r[k] = v
+    return r
+
+
+def _all_rules() -> list[dict[str, Any]]:
+    return [
+        _rule("egress"), _rule("egress", "IPv6"),
+        _rule("ingress", protocol="tcp", lo=22, hi=22, prefix="0.0.0.0/0"),
+        _rule("ingress", protocol="icmp", prefix="0.0.0.0/0"),
+        _rule("ingress", "IPv6", protocol="ipv6-icmp"),
+        _rule("ingress", protocol="tcp", lo=5432, hi=5432, remote="sg-all"),
+        _rule("ingress", protocol="udp", lo=53, hi=53, prefix="10.0.0.0/8"),
+        _rule("ingress", protocol="tcp", lo=9100, hi=9100, prefix="192.168.0.0/16"),
+        _rule("ingress", protocol="udp", lo=161, hi=162, prefix="172.16.0.0/12"),
+        _rule("ingress", "IPv6", protocol="tcp", lo=22, hi=22),
+    ]
+
+
+def _app_rules(k: int) -> list[dict[str, Any]]:
+    return [
+        _rule("ingress", protocol="tcp", lo=80, hi=80, prefix="0.0.0.0/0"),
+        _rule("ingress", protocol="tcp", lo=443, hi=443),
+        _rule("ingress", protocol="tcp", lo=8000 + k, hi=8100 + k, prefix="10.0.0.0/8"),
+        _rule("ingress", protocol="tcp", lo=3306, hi=3306, prefix=f"10.{k % 256}.0.0/16"),
+        _rule("ingress", protocol="udp", lo=5000, hi=5100),
+        _rule("ingress", protocol="icmp", lo=8, hi=0, prefix="198.51.100.0/24"),
+        _rule("ingress", protocol="tcp", lo=8080, hi=8080, remote="sg-all"),
+        _rule("egress", protocol="tcp", lo=25, hi=25, prefix="203.0.113.0/24"),
+        _rule("ingress", "IPv6", protocol="tcp", lo=80, hi=80),
+        _rule("ingress", "IPv6", protocol="tcp", lo=443, hi=443, prefix="2001:db8::/32"),
+    ]
+
+
+class Workload:
+    """The gen_ports.py workload built through portwall's own model."""
+
+    def __init__(self, n: int) -> None:
+        self.m = Model(stable_ids(f"bench-{n}"))
+        self.net = self.m.create_network({"name": "net0"})
+        self.m.create_subnet({"network_id": self.net.id, "cidr": "10.0.0.0/16", "name": "sub0"})
+        self.sg_all = self.m.create_security_group({"name": "sg-all", "security_group_rules": []})
+        for r in _all_rules():
+            if r.get("remote_group_id") == "sg-all":
+                r["remote_group_id"] = self.sg_all.id
+            self.m.create_security_group_rule({**r, "security_group_id": self.sg_all.id})
+        self.apps = []
+        for k in range(GROUPS):
+            sg = self.m.create_security_group({"name": f"sg-app-{k}", "security_group_rules": []})
+            for r in _app_rules(k):
+                if r.get("remote_group_id") == "sg-all":
+                    r["remote_group_id"] = self.sg_all.id
+                self.m.create_security_group_rule({**r, "security_group_id": sg.id})
+            self.apps.append(sg)
+        self.next = 0
+        for _ in range(n):
+            self.add_port()
+
+    def add_port(self, host: str = HOST) -> None:
+        i = self.next
+        self.next += 1
+        mac = f"fa:16:3e:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"
+        body: dict[str, Any] = {
+            "network_id": self.net.id, "name": f"p{i}", "mac_address": mac,
+            "fixed_ips": [{"ip_address": str(ipaddress.IPv4Address("10.0.0.10") + i)}],
+            "security_groups": [self.sg_all.id, self.apps[i % GROUPS].id],
+            "binding:host_id": host,
+        }
+        if i % 10 == 0:
+            body["allowed_address_pairs"] = [
+                {"ip_address": str(ipaddress.IPv4Address("10.200.0.0") + i), "mac_address": mac}]
+        self.m.create_port(body)
+
+    def change_rule(self, step: int) -> None:
+        """Replace one rule of one group (Neutron rules are immutable: delete + create)."""
+        sg = self.m.security_groups[self.apps[step % GROUPS].id]
+        victim = next(r for r in sg.security_group_rules if r.protocol == "udp")
+        self.m.delete_security_group_rule(victim.id)
+        lo = 5000 + 200 * (step + 1)
+        self.m.create_security_group_rule(
+            _rule("ingress", protocol="udp", lo=lo, hi=lo + 100) | {"security_group_id": sg.id})
+
+    def build(self) -> tuple[HostPlan, IptablesRuleset, float]:
+        t = time.perf_counter()
+        plan = compile_plan(self.m, host=HOST)
+        rs = render_iptables(plan)
+        return plan, rs, time.perf_counter() - t
+
+
+# ------------------------------------------------------------------ helpers
+def fresh_ns() -> str:
+    name = netns.unique_name("pwbench")
+    netns.create(name)
+    return name
+
+
+def bare_load(ns: str, rs: IptablesRuleset, legacy: bool) -> float:
+    kind = "legacy" if legacy else "nft"
+    t = time.perf_counter()
+    for argv, text in ((["ipset", "restore"], ipset_restore_text(rs)),
+                       ([f"iptables-{kind}-restore"], restore_text(rs, 4)),
+                       ([f"ip6tables-{kind}-restore"], restore_text(rs, 6))):
+        netns.run(ns, argv, input=text)
+    return time.perf_counter() - t
+
+
+def rules_in(rs: IptablesRuleset) -> int:
+    return sum(len(c.rules) for fam in rs.tables.values() for t in fam.values()
+               for c in t.chains.values())
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def peer(n: int, legacy: bool) -> dict[str, Any] | None:
+    """Neutron's iptables driver on gen_ports.py's file of the same size, or None."""
+    py = PEER_VENV / "bin" / "python"
+    if not py.exists():
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        ports, out = f"{d}/ports.json", f"{d}/out.json"
+        subprocess.run([sys.executable, str(PEER_DIR / "gen_ports.py"), str(n), "-o", ports],
+                       check=True, capture_output=True)
+        ns = fresh_ns()
+        try:
+            env = dict(os.environ)
+            if legacy:
+                env["PATH"] = f"{PEER_DIR / 'legacy-shim'}:{env['PATH']}"
+            proc = subprocess.run(
+                ["ip", "netns", "exec", ns, str(py), str(PEER_DIR / "neutron_fw.py"), ports,
+                 "--add-extra", "--json-out", out], capture_output=True, text=True, env=env,
+                timeout=900)
+            if proc.returncode != 0:
+                print(f"  (peer failed: {proc.stderr.strip()[-300:]})", file=sys.stderr)
+                return None
+            return dict(json.loads(Path(out).read_text()))
+        finally:
+            netns.delete(ns)
+
+
+# ------------------------------------------------------------------ main
+def timed_apply(a: IptablesApplier, w: Workload, change: Callable[[], None]) -> tuple[float, float, str]:
+    change()
+    plan, rs, build_s = w.build()
+    rep = a.apply(rs, plan)
+    return rep.seconds, build_s, rep.summary()
+
+
+def bench_size(n: int, reps: int, legacy: bool, with_peer: bool) -> dict[str, Any]:
+    w = Workload(n)
+    plan, rs, build_s = w.build()
+    res: dict[str, Any] = {"ports": n, "rules": rules_in(rs), "build_s": build_s,
+                           "set_members": sum(len(s.members) for s in rs.ipsets.values())}
+    bare, full, noop = [], [], []
+    for _ in range(reps):
+        ns = fresh_ns()
+        try:
+            bare.append(bare_load(ns, rs, legacy))
+        finally:
+            netns.delete(ns)
+        ns = fresh_ns()
+        try:
+            with IptablesApplier(ns, legacy=legacy) as a:
+                rep = a.apply(rs, plan)
+                full.append(rep.seconds)
+                again = a.apply(rs, plan)
+                assert again.noop, again.summary()
+                noop.append(again.seconds)
+        finally:
+            netns.delete(ns)
+    res |= {"bare_s": med(bare), "full_s": med(full), "noop_s": med(noop)}
+
+    ns = fresh_ns()
+    try:
+        with IptablesApplier(ns, legacy=legacy) as a:
+            a.apply(rs, plan)
+            changes: list[tuple[str, Callable[[int], None]]] = [
+                ("new_port", lambda i: w.add_port()),
+                ("new_member", lambda i: w.add_port(host="elsewhere")),
+                ("changed_rule", w.change_rule),
+            ]
+            for key, change in changes:
+                times, builds = [], []
+                for i in range(reps):
+                    s, b, summary = timed_apply(a, w, functools.partial(change, i))
+                    times.append(s)
+                    builds.append(b)
+                res[key + "_s"] = med(times)
+                res[key + "_build_s"] = med(builds)
+                res[key + "_summary"] = summary
+            _, final_rs, _ = w.build()
+            drift = a.drift(final_rs)
+            res["drift_after"] = len(drift)
+    finally:
+        netns.delete(ns)
+
+    if with_peer:
+        p = peer(n, legacy)
+        if p is not None:
+            res["peer_full_s"] = p.get("full_apply_s")
+            res["peer_new_port_s"] = p.get("incremental_apply_s")
+    return res
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1000:.1f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="100,1000")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--legacy", action="store_true", help="iptables-legacy instead of nft")
+    ap.add_argument("--no-peer", action="store_true", help="skip Neutron's driver")
+    ap.add_argument("--json", help="also write the raw figures here")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("needs root (network namespaces)")
+    results = [bench_size(int(n), a.reps, a.legacy, not a.no_peer) for n in a.sizes.split(",")]
+
+    backend = "legacy" if a.legacy else "nft"
+    print(f"\nportwall iptables applier, {backend} backend, median of {a.reps}"
+          " (apply time; model->IR->ruleset time in brackets)\n")
+    head = ["ports", "rules", "bare restore", "full sync", "ratio", "no-op",
+            "+1 port", "+1 member", "1 rule changed", "drift after"]
+    if any("peer_full_s" in r for r in results):
+        head += ["neutron full", "neutron +1 port"]
+    rows = []
+    for r in results:
+        row = [str(r["ports"]), f"{r['rules']:,}", ms(r["bare_s"]), ms(r["full_s"]),
+               f"{r['full_s'] / r['bare_s']:.2f}x", ms(r["noop_s"]),
+               f"{ms(r['new_port_s'])} [{ms(r['new_port_build_s'])}]",
+               f"{ms(r['new_member_s'])} [{ms(r['new_member_build_s'])}]",
+               f"{ms(r['changed_rule_s'])} [{ms(r['changed_rule_build_s'])}]",
+               str(r["drift_after"])]
+        if "peer_full_s" in head[-2:] or len(head) > 10:
+            row += [ms(r.get("peer_full_s")), ms(r.get("peer_new_port_s"))]
+        rows.append(row)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    print(" | ".join(h.ljust(wd) for h, wd in zip(head, widths, strict=True)))
+    print("-|-".join("-" * wd for wd in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)))
+    print()
+    for r in results:
+        print(f"{r['ports']} ports, last changes: +port: {r['new_port_summary']}")
+        print(f"{'':>{len(str(r['ports']))}}       +member: {r['new_member_summary']}")
+        print(f"{'':>{len(str(r['ports']))}}       rule: {r['changed_rule_summary']}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
