@@ -382,12 +382,15 @@ class _Renderer:
 
     # ------------------------------------------------------------------- raw
     def raw_table(self) -> Table:
-        """Conntrack zones: from a VM by its tap, from anything else by the bridge. The first
-        CT target a packet meets wins, so per-port rules (incl. NOTRACK) come first."""
-        rules = []
-        for p in self.plan.ports:
-            target = "-j CT --notrack" if p.filtered and not p.stateful else f"-j CT --zone {p.zone}"
-            rules.append(f"-m physdev --physdev-in {p.device} {_comment(f'port-{p.id}')} {target}")
+        """Conntrack zones, one per network, by bridge: with bridge netfilter a bridged
+        packet's in-interface is the bridge, so one rule per bridge zones every port of the
+        network (and the host's own traffic into it). Only stateless ports get a rule of their
+        own (NOTRACK), placed first because the first CT target a packet meets wins. Keeping
+        stateful ports out of this table means adding one leaves the raw table untouched."""
+        rules = [
+            f"-m physdev --physdev-in {p.device} {_comment(f'port-{p.id}')} -j CT --notrack"
+            for p in self.plan.ports if p.filtered and not p.stateful
+        ]
         for bridge, (nid, zone) in self._bridges().items():
             rules.append(f"-i {bridge} {_comment(f'net-{nid}')} -j CT --zone {zone}")
         table = Table("raw")
