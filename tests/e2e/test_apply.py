@@ -167,7 +167,7 @@ def test_one_new_port_writes_only_its_chains_and_the_dispatch(host_ns: str) -> N
         r = a.apply(rs2, plan2)
         p = plan2.port(new_id)
         own = {ingress_chain(p), egress_chain(p), spoof_chain(p)}
-        expected = {(f, "filter", c) for f in (4, 6) for c in own | {"pw-sg", "pw-INPUT"}}
+        expected = {(f, "filter", c) for f in (4, 6) for c in own | {"pw-dispatch", "pw-INPUT"}}
         # a stateful port is zoned by its bridge's rule: the raw table is not rewritten
         assert set(r.written) == expected
         assert r.chains_deleted == 0 and r.hooks_fixed == 0
@@ -420,7 +420,7 @@ def test_the_legacy_backend_converges_too(make_netns: Callable[[str], str]) -> N
         assert a.drift(rs) == []
         cloud.add_port()
         plan2, rs2 = cloud.render()
-        assert a.apply(rs2, plan2).chains_written == 10  # 3 own + pw-sg + pw-INPUT, x2 families
+        assert a.apply(rs2, plan2).chains_written == 10  # 3 own + pw-dispatch + pw-INPUT, x2 families
         assert a.drift(rs2) == []
         assert ":pw-sg" in save(ns, "iptables-legacy-save")
         a.remove_all()

@@ -27,6 +27,7 @@ from portwall.ir.types import (
 from portwall.model.store import Model, stable_ids
 from portwall.render.iptables import (
     CHAIN_NAME_MAX,
+    DISPATCH_CHAIN,
     FORWARD_CHAIN,
     INPUT_CHAIN,
     PREROUTING_CHAIN,
@@ -147,16 +148,24 @@ def test_dispatch_forward_input_and_raw_layout() -> None:
     plan = compile_plan(seed000())
     rs = render_iptables(plan)
     sg = chain(rs, 4, SG_CHAIN)
-    assert sg[0] == "-m comment --comment pw-mark-reset -j MARK --set-xmark 0x0/0x300000"
-    assert sg[-1] == "-m mark --mark 0x100000/0x100000 -m comment --comment pw-seen-accept -j ACCEPT"
+    assert sg == [
+        "-m comment --comment pw-mark-reset -j MARK --set-xmark 0x0/0x300000",
+        f"-m comment --comment pw-dispatch -j {DISPATCH_CHAIN}",
+        "-m mark --mark 0x100000/0x100000 -m comment --comment pw-seen-accept -j ACCEPT",
+    ]
+    dispatch = chain(rs, 4, DISPATCH_CHAIN)
     p = plan.ports[0]
-    assert sg[1:3] == [
+    assert dispatch[0:2] == [
         f"-m physdev --physdev-out {p.device} --physdev-is-bridged -m comment --comment port-{p.id}"
         f" -j {ingress_chain(p)}",
         f"-m physdev --physdev-in {p.device} --physdev-is-bridged -m comment --comment port-{p.id}"
         f" -j {egress_chain(p)}",
     ]
-    assert len(sg) == 2 + 2 * len(plan.ports)
+    assert len(dispatch) == 2 * len(plan.ports)
+    # per-port rules are independent: the applier may append new ports (no numbered insert)
+    filt = rs.tables[4]["filter"].chains
+    assert not filt[DISPATCH_CHAIN].ordered and not filt[INPUT_CHAIN].ordered
+    assert filt[SG_CHAIN].ordered
     assert chain(rs, 4, INPUT_CHAIN)[0] == (
         f"-m physdev --physdev-in {p.device} -m comment --comment port-{p.id} -j {egress_chain(p)}")
     bridges = sorted({q.bridge for q in plan.ports})
@@ -248,21 +257,20 @@ ports:
 """
 
 
-def test_port_security_disabled_is_accepted_after_every_filtered_dispatch() -> None:
+def test_port_security_disabled_only_marks_so_a_filtered_peer_is_never_skipped() -> None:
     plan = compile_plan(load(MIXED))
     rs = render_iptables(plan)
     free = plan.port("a-free")
     assert not free.filtered
-    sg = chain(rs, 4, SG_CHAIN)
-    accepts = [i for i, r in enumerate(sg) if free.device in r]
-    assert [sg[i] for i in accepts] == [
+    dispatch = chain(rs, 4, DISPATCH_CHAIN)
+    assert [r for r in dispatch if free.device in r] == [
         f"-m physdev --physdev-out {free.device} --physdev-is-bridged -m comment --comment "
-        f"unfiltered-{free.id} -j ACCEPT",
+        f"unfiltered-{free.id} -j MARK --set-xmark 0x100000/0x100000",
         f"-m physdev --physdev-in {free.device} --physdev-is-bridged -m comment --comment "
-        f"unfiltered-{free.id} -j ACCEPT",
+        f"unfiltered-{free.id} -j MARK --set-xmark 0x100000/0x100000",
     ]
-    dispatch = [i for i, r in enumerate(sg) if "-j pw-i" in r or "-j pw-o" in r]
-    assert max(dispatch) < min(accepts)  # a filtered peer's chain is never skipped
+    # nothing in the dispatch chain is terminal: every port chain on the path is evaluated
+    assert not any(r.endswith(("-j ACCEPT", "-j DROP", "-j RETURN")) for r in dispatch)
     for fam in (4, 6):
         chains = rs.tables[fam]["filter"].chains
         assert ingress_chain(free) not in chains and spoof_chain(free) not in chains

@@ -16,7 +16,7 @@ from portwall.apply.snapshot import (
     canonical_spec,
     is_hook,
 )
-from portwall.render.iptables_types import IptablesRuleset
+from portwall.render.iptables_types import Chain, IptablesRuleset
 
 #: At most this many example lines/members per message.
 EXAMPLES = 3
@@ -38,13 +38,14 @@ def describe_drift(ruleset: IptablesRuleset, tables: Mapping[int, FamilyState],
             want = want_tables.get(tname)
             have = have_tables.get(tname)
             want_chains = {} if want is None else {
-                c.name: [canonical_spec(r) for r in c.rules] for c in want.chains.values()}
+                c.name: Chain(c.name, [canonical_spec(r) for r in c.rules], c.ordered)
+                for c in want.chains.values()}
             have_chains = {} if have is None else have.chains
-            for name, rules in want_chains.items():
-                cur = have_chains.get(name)
+            for name, chain in want_chains.items():
+                cur, rules = have_chains.get(name), chain.rules
                 if cur is None:
                     out.append(f"{where}: chain {name} is missing")
-                elif cur != rules:
+                elif not chain.same_rules(cur):
                     gone = [r for r in rules if r not in set(cur)]
                     extra = [r for r in cur if r not in set(rules)]
                     detail = []

@@ -229,8 +229,9 @@ class IptablesApplier:
             if names is None:
                 names = self._port_chains[(p.id, p.device)] = frozenset(
                     (rnames.ingress_chain(p), rnames.egress_chain(p), rnames.spoof_chain(p)))
-            if names & chains or any(isinstance(s, Jump) and s.ruleset_id in bad_rulesets
-                                     for s in (*p.ingress, *p.egress)):
+            if names & chains or (bad_rulesets and any(
+                    isinstance(s, Jump) and s.ruleset_id in bad_rulesets
+                    for s in (*p.ingress, *p.egress))):
                 zones.add(p.zone)
         return zones
 

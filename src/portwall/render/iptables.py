@@ -3,11 +3,15 @@
 The layout (``docs/architecture.md``) per family, filter table::
 
     FORWARD -> pw-FORWARD: per bridge, bridged traffic -> pw-sg
-    pw-sg: clear portwall's mark bits; per filtered port --physdev-out TAP -> pw-i<port>,
-           --physdev-in TAP -> pw-o<port>; ports without port security ACCEPT;
-           finally ACCEPT what a port chain marked as seen (anything else, e.g. docker0's
-           traffic, returns to FORWARD untouched so other programs' rules still apply)
-    INPUT -> pw-INPUT: per filtered port --physdev-in TAP -> pw-o<port> (VM -> host)
+    pw-sg: clear portwall's mark bits; -> pw-dispatch; finally ACCEPT what a port chain
+           (or an unfiltered port) marked as seen (anything else, e.g. docker0's traffic,
+           returns to FORWARD untouched so other programs' rules still apply)
+    pw-dispatch: per filtered port --physdev-out TAP -> pw-i<port>, --physdev-in TAP ->
+           pw-o<port>; ports without port security only mark the packet as seen. No rule
+           here is terminal (a port chain drops or returns), so the order of ports does not
+           matter and a new port is appended (Chain.ordered = False)
+    INPUT -> pw-INPUT: per filtered port --physdev-in TAP -> pw-o<port> (VM -> host),
+           also order-free
     pw-i/pw-o<port>: set "seen", clear "accept", then the IR steps in order
     pw-s<port>: one RETURN per anti-spoof entry, then DROP
     pw-gi/pw-ge<group>: one chain per security group and direction, shared by its ports;
@@ -71,6 +75,7 @@ MARK_MASK = MARK_SEEN | MARK_ACCEPT
 FORWARD_CHAIN = f"{PREFIX}FORWARD"
 INPUT_CHAIN = f"{PREFIX}INPUT"
 SG_CHAIN = f"{PREFIX}sg"
+DISPATCH_CHAIN = f"{PREFIX}dispatch"
 PREROUTING_CHAIN = f"{PREFIX}PREROUTING"
 
 #: iptables' limit on chain names.
@@ -268,7 +273,8 @@ class _Renderer:
         self._rule_cache: dict[int, tuple[Rule, str]] = {}
         self.names: dict[str, tuple[str, str, str]] = {}
         seen: dict[str, str] = {c: "portwall" for c in
-                                (SG_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, PREROUTING_CHAIN)}
+                                (SG_CHAIN, DISPATCH_CHAIN, FORWARD_CHAIN, INPUT_CHAIN,
+                                 PREROUTING_CHAIN)}
         for p in plan.ports:
             names = (ingress_chain(p), egress_chain(p), spoof_chain(p))
             for name in names:
@@ -311,15 +317,15 @@ class _Renderer:
         for name in sorted(group_chains):
             table.chains[name] = group_chains[name]
 
-        sg: list[str] = [f"{_comment('pw-mark-reset')} {_mark(0, MARK_MASK)}"]
-        unfiltered: list[str] = []
+        dispatch: list[str] = []
         inp: list[str] = []
+        seen = _mark(MARK_SEEN, MARK_SEEN)
         for p in plan.ports:
             if not p.filtered:
                 tag = _comment(f"unfiltered-{p.id}")
-                unfiltered += [
-                    f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j ACCEPT",
-                    f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j ACCEPT",
+                dispatch += [
+                    f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} {seen}",
+                    f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} {seen}",
                 ]
                 continue
             ich, och, sch = self.names[p.id]
@@ -327,13 +333,17 @@ class _Renderer:
             table.chains[ich] = Chain(ich, self._port_rules(p, p.ingress, family, group_jump))
             table.chains[och] = Chain(och, self._port_rules(p, p.egress, family, group_jump))
             tag = _comment(f"port-{p.id}")
-            sg += [f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
-                   f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j {och}"]
+            dispatch += [
+                f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
+                f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j {och}"]
             inp.append(f"-m physdev --physdev-in {p.device} {tag} -j {och}")
-        sg += unfiltered
-        sg.append(f"{_has_mark(MARK_SEEN)} {_comment('pw-seen-accept')} -j ACCEPT")
-        table.chains[SG_CHAIN] = Chain(SG_CHAIN, sg)
-        table.chains[INPUT_CHAIN] = Chain(INPUT_CHAIN, inp)
+        table.chains[DISPATCH_CHAIN] = Chain(DISPATCH_CHAIN, dispatch, ordered=False)
+        table.chains[SG_CHAIN] = Chain(SG_CHAIN, [
+            f"{_comment('pw-mark-reset')} {_mark(0, MARK_MASK)}",
+            f"{_comment('pw-dispatch')} -j {DISPATCH_CHAIN}",
+            f"{_has_mark(MARK_SEEN)} {_comment('pw-seen-accept')} -j ACCEPT",
+        ])
+        table.chains[INPUT_CHAIN] = Chain(INPUT_CHAIN, inp, ordered=False)
         table.chains[FORWARD_CHAIN] = Chain(FORWARD_CHAIN, [
             f"-o {bridge} -m physdev --physdev-is-bridged {_comment(f'net-{nid}')} -j {SG_CHAIN}"
             for bridge, (nid, _zone) in self._bridges().items()
@@ -481,6 +491,7 @@ def ipset_restore_text(ruleset: IptablesRuleset) -> str:
 
 __all__ = [
     "CHAIN_NAME_MAX",
+    "DISPATCH_CHAIN",
     "FORWARD_CHAIN",
     "INPUT_CHAIN",
     "MARK_ACCEPT",

@@ -22,10 +22,29 @@ SET_PREFIX = "pw"
 
 @dataclass
 class Chain:
-    """A portwall-owned chain: its name and its rule specs (without ``-A <name>``)."""
+    """A portwall-owned chain: its name and its rule specs (without ``-A <name>``).
+
+    ``ordered=False`` marks a chain whose rules are independent of each other (per-port
+    dispatch: each rule matches one port's device and none is terminal), so the applier may
+    append a new rule instead of inserting it in place. On iptables-nft an ``-A`` needs no
+    dump of the table's rules, while a numbered ``-I`` does: that is most of the cost of
+    adding a port to a host that already has thousands.
+    """
 
     name: str
     rules: list[str] = field(default_factory=list)
+    ordered: bool = True
+
+    def same_rules(self, actual: list[str]) -> bool:
+        """Does the kernel's rule list ``actual`` already say what this chain says?"""
+        if self.ordered:
+            return actual == self.rules
+        if len(actual) != len(self.rules):
+            return False
+        mine = set(self.rules)
+        if len(mine) == len(self.rules):  # no duplicates: a set compare is exact
+            return mine == set(actual)
+        return sorted(actual) == sorted(self.rules)
 
 
 @dataclass
