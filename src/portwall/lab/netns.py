@@ -7,10 +7,11 @@ typo into a stray namespace; iproute2 fails instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 class NetnsError(RuntimeError):
@@ -26,6 +27,16 @@ def exists(name: str) -> bool:
     return os.path.exists(f"/run/netns/{name}")
 
 
+@contextlib.contextmanager
+def fd(name: str) -> Iterator[int]:
+    """An open file descriptor of namespace ``name`` (closed on exit); fails if missing."""
+    handle = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        yield handle
+    finally:
+        os.close(handle)
+
+
 def create(name: str) -> None:
     """Create namespace ``name`` with loopback up."""
     subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
@@ -38,10 +49,8 @@ def delete(name: str) -> None:
         return
     pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
     for pid in pids.split():
-        try:
+        with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 

@@ -1,0 +1,231 @@
+"""``portwall lab ...``: sandboxes of network namespaces that enforce a topology for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from portwall.cli.common import fail, load_or_exit
+from portwall.lab import state as st
+from portwall.lab.check import CheckResult, run_checks
+from portwall.lab.sandbox import LabReport, Sandbox, all_sandboxes
+from portwall.lab.state import LabError
+
+DEFAULT_NAME = "default"
+
+
+def console() -> Console:
+    """Colours only on a terminal (rich turns them off for pipes by itself); logs get
+    wide lines instead of rich's 80 columns."""
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(highlight=False, soft_wrap=False, width=wide)
+
+
+def pick_name(name: str | None) -> str:
+    """--name, else ``default``: never "whichever is up", which could pick a sandbox that
+    another user (or a test running in parallel) is using."""
+    return name or DEFAULT_NAME
+
+
+def print_report(report: LabReport, out: Console, chains: int = 12) -> None:
+    """Interface changes, then the applier's report and (up to ``chains``) what it wrote."""
+    for line in report.changes:
+        out.print(f"  [green]+[/green] {line}")
+    if report.policy is None:
+        return
+    out.print(f"  policy: {report.policy.summary}")
+    rep = report.policy.detail
+    touched = [("~", c) for c in rep.written] + [("-", c) for c in rep.deleted]
+    for mark, (fam, table, chain) in touched[:chains]:
+        out.print(f"    {mark} IPv{fam} {table} {chain}")
+    if len(touched) > chains > 0:
+        out.print(f"    ... and {len(touched) - chains} more chains")
+
+
+def check_table(results: Sequence[CheckResult], title: str = "") -> Table:
+    t = Table(title=title or None, title_justify="left")
+    for col in ("from", "to", "proto/port", "expected", "observed", ""):
+        t.add_column(col)
+    for r in results:
+        e = r.expect
+        to = e.dst if e.dst == r.target else f"{e.dst} ({r.target})"
+        if r.target_vm and r.target_vm != e.dst:
+            to += f" @{r.target_vm}"
+        what = e.proto + (f"/{e.port}" if e.port is not None else "")
+        verdict = "[green]OK[/green]" if r.ok else "[bold red]MISMATCH[/bold red]"
+        obs = f"{r.observed} ({r.detail}, {r.seconds:.2f}s)"
+        t.add_row(e.src, to, what, e.verdict, obs, verdict)
+    return t
+
+
+@click.group("lab")
+def lab_group() -> None:
+    """Sandboxes that enforce a topology with real packets.
+
+    \b
+    A sandbox is a "compute host" network namespace holding one bridge per network and one
+    namespace per VM of the file's lab: section, each port a veth pair whose host end (the
+    tap) is filtered by the portwall policy applied in the host namespace. Nothing is
+    created in, or changed on, the machine's own network namespace.
+    """
+    require_root()
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        fail("the lab creates network namespaces: run as root")
+
+
+@lab_group.command("up")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--name", default=DEFAULT_NAME, show_default=True, help="Sandbox name.")
+@click.option("--no-policy", is_flag=True, help="Wire the VMs but apply no policy.")
+def up_cmd(file: str, name: str, no_policy: bool) -> None:
+    """Build a sandbox from FILE and apply its policy."""
+    topo = load_or_exit(file)
+    out = console()
+    try:
+        box, report = Sandbox.up(topo, name, apply=not no_policy)
+    except LabError as e:
+        fail(str(e))
+    out.print(f"sandbox [bold]{box.name}[/bold] is up (host namespace {box.host_ns})")
+    print_report(report, out, chains=0)
+
+
+@lab_group.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--name", default=None, help=f"Sandbox name (default: {DEFAULT_NAME}).")
+def apply_cmd(file: str, name: str | None) -> None:
+    """Re-apply FILE to a running sandbox: only changed ports, addresses and chains."""
+    topo = load_or_exit(file)
+    try:
+        box = Sandbox.open(pick_name(name))
+        report = box.apply(topo)
+    except LabError as e:
+        fail(str(e))
+    out = console()
+    if not report.changes and report.policy is not None and not report.policy.changed:
+        out.print(f"sandbox {box.name}: nothing to change")
+        return
+    out.print(f"sandbox {box.name}: applied {file}")
+    print_report(report, out)
+
+
+@lab_group.command("exec", context_settings={"ignore_unknown_options": True,
+                                             "allow_interspersed_args": False})
+@click.option("--name", default=None, help=f"Sandbox name (default: {DEFAULT_NAME}).")
+@click.argument("vm")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(name: str | None, vm: str, cmd: tuple[str, ...]) -> None:
+    """Run CMD inside VM's namespace: portwall lab exec VM -- CMD ARGS...
+
+    The command's exit code is passed through.
+    """
+    argv = list(cmd[1:] if cmd and cmd[0] == "--" else cmd)
+    if not argv:
+        fail("no command given (portwall lab exec VM -- CMD ...)")
+    try:
+        box = Sandbox.open(pick_name(name))
+        full = box.exec_argv(vm, argv)
+    except LabError as e:
+        fail(str(e))
+    sys.exit(subprocess.call(full))
+
+
+@lab_group.command("status")
+@click.option("--name", default=None, help="Only this sandbox.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(name: str | None, as_json: bool) -> None:
+    """List sandboxes: namespaces, devices, ports (name, MAC, IPs) and VMs."""
+    try:
+        boxes = [Sandbox.open(name)] if name else all_sandboxes()
+    except LabError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps([b.status() for b in boxes], indent=1))
+        return
+    out = console()
+    if not boxes:
+        out.print("no sandbox is up")
+        return
+    for b in boxes:
+        s = b.status()
+        out.print(f"[bold]{s['name']}[/bold]  topology {s['topology']}")
+        out.print(f"  host namespace {s['host_netns']} ({'up' if s['alive'] else 'MISSING'}),"
+                  f" bridges: {', '.join(s['bridges']) or '-'}")
+        t = Table(show_edge=False)
+        for col in ("VM", "namespace", "routing", "if", "port", "MAC", "addresses", "tap",
+                    "bridge"):
+            t.add_column(col)
+        for vm in s["vms"].values():
+            ns = vm["netns"] + ("" if vm["alive"] else " (MISSING)")
+            routing = [*(["forwards"] if vm["forward"] else []),
+                       *([f"gw {vm['gateway']}"] if vm["gateway"] else []),
+                       *(f"{r['destination']} via {r['via']}" for r in vm["routes"])]
+            for i, p in enumerate(vm["ports"]):
+                first = i == 0
+                t.add_row(vm["name"] if first else "", ns if first else "",
+                          ", ".join(routing) if first else "", p["ifname"], p["name"], p["mac"],
+                          " ".join(p["addresses"]), p["device"], p["bridge"])
+        out.print(t)
+
+
+@lab_group.command("down")
+@click.option("--name", default=None, help=f"Sandbox name (default: {DEFAULT_NAME}).")
+@click.option("--all", "all_", is_flag=True, help="Remove every sandbox.")
+def down_cmd(name: str | None, all_: bool) -> None:
+    """Remove a sandbox: every namespace it created, even after a crash mid-way."""
+    names = st.names() if all_ else [pick_name(name)]
+    rc = 0
+    for n in names:
+        try:
+            removed = Sandbox.open(n).down()
+        except LabError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            rc = 1
+            continue
+        click.echo(f"sandbox {n} removed ({len(removed)} namespaces)")
+    sys.exit(rc)
+
+
+@lab_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--name", default=None,
+              help=f"Sandbox to test (default: {DEFAULT_NAME}; if not up, a temporary one).")
+@click.option("--timeout", default=0.8, show_default=True, help="Seconds per probe.")
+def check_cmd(file: str, name: str | None, timeout: float) -> None:
+    """Test FILE's expect: lines with real traffic; exit 1 on any mismatch.
+
+    Uses the named sandbox when it is up; otherwise builds a temporary one from FILE and
+    removes it afterwards.
+    """
+    topo = load_or_exit(file)
+    if not topo.lab.expect:
+        fail(f"{file} has no lab.expect lines")
+    existing = pick_name(name) if pick_name(name) in st.names() else None
+    out = console()
+    try:
+        if existing:
+            box = Sandbox.open(existing)
+            results = run_checks(box, topo.lab.expect, timeout)
+        else:
+            tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}")
+            out.print(f"temporary sandbox {tmp.name} (removed afterwards)")
+            try:
+                results = run_checks(tmp, topo.lab.expect, timeout)
+            finally:
+                tmp.down()
+    except LabError as e:
+        fail(str(e))
+    out.print(check_table(results, f"{file}: expectations with real packets"))
+    bad = sum(not r.ok for r in results)
+    out.print(f"{len(results) - bad}/{len(results)} as expected"
+              + (f", [bold red]{bad} MISMATCH[/bold red]" if bad else ""))
+    sys.exit(1 if bad else 0)

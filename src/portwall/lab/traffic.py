@@ -1,0 +1,175 @@
+"""Real traffic between lab VMs: one-shot probes, echo servers, long-lived sessions, streams
+and forged frames, each run inside a VM's namespace with :mod:`portwall.lab.probe`.
+
+``lab check``, the demo and the end-to-end tests all use these, so "allowed" means the same
+thing everywhere: the request reached a listener in the destination VM and its answer came
+back before the timeout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from portwall.lab import netns
+from portwall.lab.state import LabError, VMState
+
+PROBE = [sys.executable, "-m", "portwall.lab.probe"]
+DEFAULT_TIMEOUT = 0.8
+
+
+def _in(vm: VMState, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", vm.netns, *argv]
+
+
+def probe(vm: VMState, proto: str, target: str, port: int | None = None,
+          timeout: float = DEFAULT_TIMEOUT, sport: int | None = None) -> tuple[str, str]:
+    """One request from ``vm``: (``allow`` | ``deny``, detail)."""
+    if proto == "icmp":
+        fam = "-6" if ipaddress.ip_address(target).version == 6 else "-4"
+        argv = ["ping", fam, "-n", "-q", "-c", "1", "-W", str(timeout), target]
+    else:
+        argv = [*PROBE, proto, target, str(port), "--timeout", str(timeout)]
+        if sport is not None:
+            argv += ["--sport", str(sport)]
+    rc = netns.run(vm.netns, argv, check=False, timeout=timeout + 10).returncode
+    if rc == 0:
+        return "allow", "reply" if proto == "icmp" else "echo"
+    if rc == 2 and proto != "icmp":
+        return "allow", "refused"  # the packets went through; nothing was listening
+    return "deny", "timeout"
+
+
+def reachable(vm: VMState, proto: str, target: str, port: int | None = None,
+              timeout: float = DEFAULT_TIMEOUT, sport: int | None = None) -> bool:
+    return probe(vm, proto, target, port, timeout, sport)[0] == "allow"
+
+
+class Server:
+    """An echo server in a VM that records what reached it (``udp PORT SRC`` lines)."""
+
+    def __init__(self, vm: VMState, tcp: Iterable[int] = (), udp: Iterable[int] = ()):
+        argv = [*PROBE, "serve"]
+        argv += [x for p in sorted(set(tcp)) for x in ("--tcp", str(p))]
+        argv += [x for p in sorted(set(udp)) for x in ("--udp", str(p))]
+        self.vm = vm
+        self.proc = subprocess.Popen(_in(vm, argv), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline().strip()
+        if first != "ready":
+            _, err = self.stop_raw()
+            raise LabError(f"probe server in {vm.name} did not start: {first} {err.strip()}")
+        self._seen: list[str] | None = None
+
+    def stop_raw(self) -> tuple[str, str]:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            out, err = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return out or "", err or ""
+
+    def stop(self) -> list[str]:
+        """Stop (idempotent) and return one line per TCP connection / UDP datagram seen."""
+        if self._seen is None:
+            self._seen = [ln for ln in self.stop_raw()[0].splitlines() if ln]
+        return self._seen
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class StreamResult:
+    sent: int
+    received: int
+    missing: list[int]
+
+
+def stream(vm: VMState, target: str, port: int, interval: float, count: int = 0,
+           wait: float = 1.0) -> subprocess.Popen[str]:
+    """Start a steady UDP stream (numbered datagrams, echoes counted; endless when
+    ``count`` is 0); :func:`finish` stops it and returns the counts."""
+    argv = [*PROBE, "stream", target, str(port), "--count", str(count), "--interval",
+            str(interval), "--timeout", str(wait)]
+    return subprocess.Popen(_in(vm, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> StreamResult:
+    """Stop a stream (an endless one gets SIGTERM) and read its counts."""
+    if proc.poll() is None:
+        proc.terminate()
+    out, err = proc.communicate(timeout=timeout)
+    try:
+        doc = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise LabError(f"stream probe failed: {err.strip() or out.strip()}") from None
+    return StreamResult(doc["sent"], doc["received"], doc["missing"])
+
+
+class Session:
+    """One long-lived TCP connection from a VM: :meth:`send` reports whether the echo came
+    back, so a test can watch the same connection before and after a policy change."""
+
+    def __init__(self, vm: VMState, target: str, port: int, timeout: float = DEFAULT_TIMEOUT):
+        argv = [*PROBE, "session", target, str(port), "--timeout", str(timeout)]
+        self.proc = subprocess.Popen(_in(vm, argv), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.status = self._line()
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    @property
+    def connected(self) -> bool:
+        return self.status == "connected"
+
+    def send(self, text: str = "ping") -> bool:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self._line() == "ok"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Frame:
+    """One forged frame: any source IP and MAC, UDP to ``dport`` (or an ICMP echo)."""
+
+    src_ip: str
+    dst_ip: str
+    src_mac: str
+    dst_mac: str
+    dport: int = 9
+    sport: int = 40000
+    icmp: bool = False
+    iface: str = "eth0"
+    count: int = 1
+
+
+def forge(vm: VMState, frames: Iterable[Frame]) -> None:
+    """Send hand-made frames from inside ``vm`` (scapy), whatever its own addresses are."""
+    doc = json.dumps([vars(f) for f in frames])
+    netns.run(vm.netns, [*PROBE, "forge", doc], timeout=60)

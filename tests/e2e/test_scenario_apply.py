@@ -1,0 +1,143 @@
+"""The applier in a live sandbox: a second apply writes nothing, other programs' rules
+survive, drift is repaired by ``lab apply``, and 100 unrelated updates neither drop a packet
+of an allowed flow nor leak one of a denied flow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from portwall.ir import compile_plan
+from portwall.lab.harness import Lab
+from portwall.lab.traffic import Server, finish, stream
+from portwall.model.store import Model
+from portwall.render.iptables import ingress_chain
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+TOPOLOGY = """
+project: apply
+networks:
+  - name: net
+    subnets: [{name: v4, cidr: 10.11.0.0/24}]
+security_groups:
+  - name: srv
+    security_group_rules:
+      - {direction: ingress, protocol: udp, port_range_min: 5000, port_range_max: 5000,
+         remote_ip_prefix: 10.11.0.20/32}
+      - {direction: ingress, protocol: tcp, port_range_min: 80, port_range_max: 80}
+  - name: other
+    security_group_rules:
+      - {direction: ingress, protocol: tcp, port_range_min: 999, port_range_max: 999}
+ports:
+  - {name: srv-port, network_id: net, fixed_ips: [10.11.0.10], security_groups: [srv]}
+  - {name: good-port, network_id: net, fixed_ips: [10.11.0.20]}
+  - {name: bad-port, network_id: net, fixed_ips: [10.11.0.30]}
+  - {name: busy-port, network_id: net, fixed_ips: [10.11.0.40], security_groups: [other]}
+lab:
+  vms:
+    srv: {ports: [srv-port]}
+    good: {ports: [good-port]}
+    bad: {ports: [bad-port]}
+    busy: {ports: [busy-port]}
+"""
+PORTWALL = [sys.executable, "-c", "from portwall.cli import main; main()"]
+# What a container runtime adds on a compute host (seed 003): portwall must keep it.
+DOCKER_LIKE = [
+    ["iptables", "-t", "nat", "-N", "DOCKER"],
+    ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0",
+     "-j", "MASQUERADE"],
+    ["iptables", "-N", "DOCKER-USER"],
+    ["iptables", "-A", "FORWARD", "-j", "DOCKER-USER"],
+    ["iptables", "-A", "DOCKER-USER", "-s", "192.0.2.0/24", "-j", "DROP"],
+]
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    with Lab("pwt-apply") as lab:
+        yield lab
+
+
+def _foreign(box: object, host: object) -> list[str]:
+    out = []
+    for table in ("filter", "nat"):
+        text = host(["iptables-save", "-t", table])  # type: ignore[operator]
+        out += [ln for ln in text.splitlines() if "DOCKER" in ln or "MASQUERADE" in ln]
+    return out
+
+
+def test_converges_and_keeps_foreign_rules(lab: Lab) -> None:
+    box = lab.up(TOPOLOGY)
+    for argv in DOCKER_LIKE:
+        box.host(argv)
+    before = _foreign(box, box.host)
+    assert len(before) >= 5
+    again = box.apply()
+    assert again.policy is not None and not again.policy.changed, again.policy.summary
+    assert again.policy.detail.written == [] and not again.changes
+    # a real change, then back: foreign rules untouched throughout
+    box.update(lambda m: m.create_security_group_rule(
+        {"security_group_id": "other", "direction": "ingress", "protocol": "tcp",
+         "port_range_min": 22, "port_range_max": 22}))
+    assert _foreign(box, box.host) == before
+    assert box.drift() == []
+    # portwall's hook comes first; docker's jump is still in FORWARD
+    fwd = [ln for ln in box.host(["iptables", "-S", "FORWARD"]).splitlines() if "-j" in ln]
+    assert "pw-" in fwd[0] and any("DOCKER-USER" in ln for ln in fwd)
+
+
+def test_lab_apply_repairs_a_flushed_chain(lab: Lab, tmp_path: object) -> None:
+    path = f"{tmp_path}/apply.yaml"
+    with open(path, "w") as fh:
+        fh.write(TOPOLOGY)
+    box = lab.up(path)
+    chain = ingress_chain(compile_plan(box.topo.model).port("srv-port"))
+    with Server(box.vm("srv"), tcp=[80, 81]):
+        assert not box.reach("bad", "srv", "tcp", 81)
+        box.host(["iptables", "-F", chain])  # someone flushed portwall's chain
+        assert box.drift(), "the applier must see the drift"
+        assert box.reach("bad", "srv", "tcp", 81), "sanity: the flush opened the port"
+        cli = subprocess.run([*PORTWALL, "lab", "apply", path,
+                              "--name", box.box.name], capture_output=True, text=True)
+        assert cli.returncode == 0, cli.stderr
+        assert "1 chains written" in cli.stdout, cli.stdout
+        assert box.drift() == []
+        assert not box.reach("bad", "srv", "tcp", 81)
+        assert box.reach("bad", "srv", "tcp", 80)
+
+
+def test_no_blink_while_100_unrelated_updates_apply(lab: Lab) -> None:
+    box = lab.up(TOPOLOGY)
+    srv_ip = box.ip("srv")
+    with Server(box.vm("srv"), udp=[5000]) as srv:
+        allowed = stream(box.vm("good"), srv_ip, 5000, interval=0.005)
+        denied = stream(box.vm("bad"), srv_ip, 5000, interval=0.005)
+        time.sleep(0.3)  # both streams are flowing before the first update
+        written: set[str] = set()
+        for i in range(100):
+            def flip(m: Model, i: int = i) -> None:
+                sg = m.get("security_group", "other")
+                for r in list(sg.security_group_rules):
+                    if r.direction == "ingress":
+                        m.delete_security_group_rule(r.id)
+                m.create_security_group_rule(
+                    {"security_group_id": "other", "direction": "ingress", "protocol": "tcp",
+                     "port_range_min": 1000 + i, "port_range_max": 1000 + i})
+            report = box.update(flip)
+            assert report.policy is not None and report.policy.changed
+            written |= {c for _, _, c in report.policy.detail.written}
+        good, bad = finish(allowed), finish(denied)
+        seen = srv.stop()
+    assert good.sent > 300 and bad.sent > 300, (good, bad)  # the streams spanned the updates
+    assert good.received == good.sent, f"allowed flow lost {good.missing}"
+    assert bad.received == 0
+    from_bad = [ln for ln in seen if ln.endswith(" 10.11.0.30")]
+    assert from_bad == [], f"{len(from_bad)} packets of the denied flow reached the server"
+    assert len([ln for ln in seen if ln.endswith(" 10.11.0.20")]) == good.sent
+    assert all(c.startswith("pw-gi") for c in written), written  # only group other's chain
