@@ -44,6 +44,7 @@ from portwall.analyze.reach import (
 )
 from portwall.ir.compile import zone_for
 from portwall.ir.types import (
+    AddressSet,
     HostPlan,
     Jump,
     OriginKind,
@@ -136,51 +137,56 @@ class _Ctx:
 
 
 # ------------------------------------------------------------------ PW001
-def check_wide_pairs_in_remote_groups(ctx: _Ctx) -> list[Finding]:
-    out: list[Finding] = []
-    plan = ctx.plan
+def _remote_group_rules(plan: HostPlan) -> Iterable[tuple[RuleSet, Rule, SetRef, AddressSet | None]]:
+    """Every rule that names a remote group: (its rule set, the rule, the set reference,
+    the address set if the plan has one)."""
     for rs in plan.rulesets.values():
         for r in rs.rules:
             ref = r.match.src if rs.direction == "ingress" else r.match.dst
-            if not isinstance(ref, SetRef):
-                continue
-            aset = plan.address_sets.get(ref.set_id)
-            if aset is None:
-                continue
-            wide = [m for m in aset.members if m.kind == OriginKind.ADDRESS_PAIR
-                    and m.cidr.prefixlen <= WIDE_PREFIX[m.cidr.version]]
-            if not wide:
-                continue
-            exposed = ctx.ports_of_ruleset.get(rs.id, [])
-            svc = match_label(plan, r.match).replace(f" from {set_label(plan, ref)}", "") \
-                .replace(f" to {set_label(plan, ref)}", "")
-            for m in wide:
-                everything = m.cidr.prefixlen == 0
-                if rs.direction == "ingress":
-                    sev = "critical" if everything else "high"
-                    what = (f"every port in group {rs.group_name} "
-                            f"({_names([p.name for p in exposed]) or 'no port yet'}) accepts "
-                            f"{svc} from any address in {m.cidr}")
-                else:
-                    sev = "low"
-                    what = (f"every port in group {rs.group_name} may send {svc} to any "
-                            f"address in {m.cidr}")
-                out.append(Finding(
-                    "PW001", sev,
-                    f"remote group {aset.group_name} contains the wide address pair {m.cidr}"
-                    f" of port {m.port_name}",
-                    [ctx.rule_ref(r), ctx.group_ref(rs),
-                     ResourceRef("security_group", aset.group_id, aset.group_name),
-                     ResourceRef("port", m.port_id, m.port_name),
-                     *(ctx.port_ref(p) for p in exposed[:MAX_NAMES])],
-                    f"rule {r.origin.resource_id} of group {rs.group_name} ({rs.direction} "
-                    f"{match_label(plan, r.match, rs.direction)}) allows the addresses of every port in "
-                    f"group {aset.group_name}, and that includes allowed address pairs: port "
-                    f"{m.port_name} has {m.cidr}, so {what}.",
-                    f"keep port {m.port_name} (it needs {m.cidr}, e.g. as a NAT/router VM) in a"
-                    f" security group of its own that no remote-group rule refers to, or replace"
-                    f" remote_group_id {aset.group_name} in this rule with remote_ip_prefix "
-                    "entries for the members' fixed IPs"))
+            if isinstance(ref, SetRef):
+                yield rs, r, ref, plan.address_sets.get(ref.set_id)
+
+
+def check_wide_pairs_in_remote_groups(ctx: _Ctx) -> list[Finding]:
+    out: list[Finding] = []
+    plan = ctx.plan
+    for rs, r, ref, aset in _remote_group_rules(plan):
+        if aset is None:
+            continue
+        wide = [m for m in aset.members if m.kind == OriginKind.ADDRESS_PAIR
+                and m.cidr.prefixlen <= WIDE_PREFIX[m.cidr.version]]
+        if not wide:
+            continue
+        exposed = ctx.ports_of_ruleset.get(rs.id, [])
+        svc = match_label(plan, r.match).replace(f" from {set_label(plan, ref)}", "") \
+            .replace(f" to {set_label(plan, ref)}", "")
+        for m in wide:
+            everything = m.cidr.prefixlen == 0
+            if rs.direction == "ingress":
+                sev = "critical" if everything else "high"
+                what = (f"every port in group {rs.group_name} "
+                        f"({_names([p.name for p in exposed]) or 'no port yet'}) accepts "
+                        f"{svc} from any address in {m.cidr}")
+            else:
+                sev = "low"
+                what = (f"every port in group {rs.group_name} may send {svc} to any "
+                        f"address in {m.cidr}")
+            out.append(Finding(
+                "PW001", sev,
+                f"remote group {aset.group_name} contains the wide address pair {m.cidr}"
+                f" of port {m.port_name}",
+                [ctx.rule_ref(r), ctx.group_ref(rs),
+                 ResourceRef("security_group", aset.group_id, aset.group_name),
+                 ResourceRef("port", m.port_id, m.port_name),
+                 *(ctx.port_ref(p) for p in exposed[:MAX_NAMES])],
+                f"rule {r.origin.resource_id} of group {rs.group_name} ({rs.direction} "
+                f"{match_label(plan, r.match, rs.direction)}) allows the addresses of every port in "
+                f"group {aset.group_name}, and that includes allowed address pairs: port "
+                f"{m.port_name} has {m.cidr}, so {what}.",
+                f"keep port {m.port_name} (it needs {m.cidr}, e.g. as a NAT/router VM) in a"
+                f" security group of its own that no remote-group rule refers to, or replace"
+                f" remote_group_id {aset.group_name} in this rule with remote_ip_prefix "
+                "entries for the members' fixed IPs"))
     return out
 
 
@@ -328,31 +334,26 @@ def _disjoint(a: Box, b: Box) -> bool:
 def check_empty_remote_groups(ctx: _Ctx) -> list[Finding]:
     out: list[Finding] = []
     plan = ctx.plan
-    for rs in plan.rulesets.values():
-        for r in rs.rules:
-            ref = r.match.src if rs.direction == "ingress" else r.match.dst
-            if not isinstance(ref, SetRef):
-                continue
-            aset = plan.address_sets.get(ref.set_id)
-            if aset is not None and aset.members:
-                continue
-            gid = aset.group_id if aset else ref.set_id[3:-3]
-            gname = aset.group_name if aset else gid
-            other = plan.address_sets.get(f"sg-{gid}-v{6 if r.match.family == 4 else 4}")
-            has_ports = any(gid in p.groups for p in plan.ports) or bool(other and other.members)
-            sev = "info" if has_ports else "low"
-            why = (f"no port of group {gname} has an IPv{r.match.family} address"
-                   if has_ports else f"group {gname} has no ports")
-            out.append(Finding(
-                "PW004", sev,
-                f"rule {r.origin.resource_id} of group {rs.group_name} refers to an empty "
-                f"remote group",
-                [ctx.rule_ref(r), ctx.group_ref(rs)] + (
-                    [] if gid == rs.group_id else [ResourceRef("security_group", gid, gname)]),
-                f"{rs.direction} rule ({match_label(plan, r.match, rs.direction)}) allows nothing "
-                f"today: "
-                f"{why}.",
-                f"delete the rule if group {gname} is not meant to be used, or add its ports"))
+    for rs, r, ref, aset in _remote_group_rules(plan):
+        if aset is not None and aset.members:
+            continue
+        gid = aset.group_id if aset else ref.set_id[3:-3]
+        gname = aset.group_name if aset else gid
+        other = plan.address_sets.get(f"sg-{gid}-v{6 if r.match.family == 4 else 4}")
+        has_ports = any(gid in p.groups for p in plan.ports) or bool(other and other.members)
+        sev = "info" if has_ports else "low"
+        why = (f"no port of group {gname} has an IPv{r.match.family} address"
+               if has_ports else f"group {gname} has no ports")
+        out.append(Finding(
+            "PW004", sev,
+            f"rule {r.origin.resource_id} of group {rs.group_name} refers to an empty "
+            f"remote group",
+            [ctx.rule_ref(r), ctx.group_ref(rs)] + (
+                [] if gid == rs.group_id else [ResourceRef("security_group", gid, gname)]),
+            f"{rs.direction} rule ({match_label(plan, r.match, rs.direction)}) allows nothing "
+            f"today: "
+            f"{why}.",
+            f"delete the rule if group {gname} is not meant to be used, or add its ports"))
     return out
 
 
