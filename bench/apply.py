@@ -12,7 +12,10 @@ an address pair on every 10th port) it prints:
   renderer's text, no reading, no diffing) — the overhead ratio;
 * with N ports present, the time to enforce (a) one new port, (b) one new remote-group
   member (a port on another host joins the all-ports group), (c) one changed rule (a rule of
-  one group replaced); ``apply`` time, and model->IR->ruleset time separately;
+  one group replaced): ``apply`` time, model->IR->ruleset time (incremental: a long-lived
+  :class:`PlanCompiler` + :class:`IptablesRenderer`, as a running agent would keep), and end
+  to end, model change -> compile -> render -> apply (kernel updated); the incremental plan
+  and ruleset are checked against a fresh compile + render after every change;
 * optionally Neutron's own iptables driver on the same workload (full apply, +1 port), if
   the peer venv (/opt/neutron-peer-venv, see /work/shared/peer/neutron/README.md) exists.
 
@@ -37,11 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from portwall.apply import IptablesApplier
-from portwall.ir.compile import compile_plan
+from portwall.ir.compile import PlanCompiler, compile_plan
 from portwall.ir.types import HostPlan
 from portwall.lab import netns
 from portwall.model import Model, stable_ids
-from portwall.render.iptables import ipset_restore_text, render_iptables, restore_text
+from portwall.render.iptables import (
+    IptablesRenderer,
+    ipset_restore_text,
+    render_iptables,
+    restore_text,
+)
 from portwall.render.iptables_types import IptablesRuleset
 
 PEER_DIR = Path("/work/shared/peer/neutron")
@@ -114,6 +122,8 @@ class Workload:
         self.next = 0
         for _ in range(n):
             self.add_port()
+        self.compiler = PlanCompiler(HOST)
+        self.renderer = IptablesRenderer()
 
     def add_port(self, host: str = HOST) -> None:
         i = self.next
@@ -140,9 +150,17 @@ class Workload:
             _rule("ingress", protocol="udp", lo=lo, hi=lo + 100) | {"security_group_id": sg.id})
 
     def build(self) -> tuple[HostPlan, IptablesRuleset, float]:
+        """One-shot compile + render (what a fresh process does)."""
         t = time.perf_counter()
         plan = compile_plan(self.m, host=HOST)
         rs = render_iptables(plan)
+        return plan, rs, time.perf_counter() - t
+
+    def build_incremental(self) -> tuple[HostPlan, IptablesRuleset, float]:
+        """Compile + render through the long-lived caches (what a running agent does)."""
+        t = time.perf_counter()
+        plan = self.compiler.compile(self.m)
+        rs = self.renderer.render(plan)
         return plan, rs, time.perf_counter() - t
 
 
@@ -199,11 +217,19 @@ def peer(n: int, legacy: bool) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------ main
-def timed_apply(a: IptablesApplier, w: Workload, change: Callable[[], None]) -> tuple[float, float, str]:
+def timed_apply(a: IptablesApplier, w: Workload,
+                change: Callable[[], None]) -> tuple[float, float, float, float, str]:
+    """(apply, incremental build, end to end, fresh build) seconds and the apply summary.
+    End to end runs from the model call to the kernel holding the new rules."""
+    t0 = time.perf_counter()
     change()
-    plan, rs, build_s = w.build()
+    plan, rs, build_s = w.build_incremental()
     rep = a.apply(rs, plan)
-    return rep.seconds, build_s, rep.summary()
+    e2e = time.perf_counter() - t0
+    fresh_plan, fresh_rs, fresh_s = w.build()  # not timed in e2e: proves the caches right
+    if plan != fresh_plan or rs != fresh_rs:
+        raise SystemExit("incremental compile/render differs from a fresh one")
+    return rep.seconds, build_s, e2e, fresh_s, rep.summary()
 
 
 def bench_size(n: int, reps: int, legacy: bool, with_peer: bool) -> dict[str, Any]:
@@ -233,6 +259,7 @@ def bench_size(n: int, reps: int, legacy: bool, with_peer: bool) -> dict[str, An
     ns = fresh_ns()
     try:
         with IptablesApplier(ns, legacy=legacy) as a:
+            plan, rs, _ = w.build_incremental()  # warm the caches, as a running agent has
             a.apply(rs, plan)
             changes: list[tuple[str, Callable[[int], None]]] = [
                 ("new_port", lambda i: w.add_port()),
@@ -240,13 +267,17 @@ def bench_size(n: int, reps: int, legacy: bool, with_peer: bool) -> dict[str, An
                 ("changed_rule", w.change_rule),
             ]
             for key, change in changes:
-                times, builds = [], []
+                times, builds, e2es, freshes = [], [], [], []
                 for i in range(reps):
-                    s, b, summary = timed_apply(a, w, functools.partial(change, i))
+                    s, b, e, f, summary = timed_apply(a, w, functools.partial(change, i))
                     times.append(s)
                     builds.append(b)
+                    e2es.append(e)
+                    freshes.append(f)
                 res[key + "_s"] = med(times)
                 res[key + "_build_s"] = med(builds)
+                res[key + "_e2e_s"] = med(e2es)
+                res[key + "_fresh_build_s"] = med(freshes)
                 res[key + "_summary"] = summary
             _, final_rs, _ = w.build()
             drift = a.drift(final_rs)
@@ -280,10 +311,13 @@ def main() -> None:
 
     backend = "legacy" if a.legacy else "nft"
     print(f"\nportwall iptables applier, {backend} backend, median of {a.reps}"
-          " (apply time; model->IR->ruleset time in brackets)\n")
+          " (apply time; incremental model->IR->ruleset time in brackets;"
+          " e2e = model change -> compile -> render -> apply)\n")
     head = ["ports", "rules", "bare restore", "full sync", "ratio", "no-op",
-            "+1 port", "+1 member", "1 rule changed", "drift after"]
-    if any("peer_full_s" in r for r in results):
+            "+1 port", "+1 member", "1 rule changed", "drift after",
+            "e2e +1 port", "e2e +1 member", "e2e 1 rule"]
+    peer_cols = any("peer_full_s" in r for r in results)
+    if peer_cols:
         head += ["neutron full", "neutron +1 port"]
     rows = []
     for r in results:
@@ -292,8 +326,9 @@ def main() -> None:
                f"{ms(r['new_port_s'])} [{ms(r['new_port_build_s'])}]",
                f"{ms(r['new_member_s'])} [{ms(r['new_member_build_s'])}]",
                f"{ms(r['changed_rule_s'])} [{ms(r['changed_rule_build_s'])}]",
-               str(r["drift_after"])]
-        if "peer_full_s" in head[-2:] or len(head) > 10:
+               str(r["drift_after"]),
+               ms(r["new_port_e2e_s"]), ms(r["new_member_e2e_s"]), ms(r["changed_rule_e2e_s"])]
+        if peer_cols:
             row += [ms(r.get("peer_full_s")), ms(r.get("peer_new_port_s"))]
         rows.append(row)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
@@ -306,6 +341,9 @@ def main() -> None:
         print(f"{r['ports']} ports, last changes: +port: {r['new_port_summary']}")
         print(f"{'':>{len(str(r['ports']))}}       +member: {r['new_member_summary']}")
         print(f"{'':>{len(str(r['ports']))}}       rule: {r['changed_rule_summary']}")
+        print(f"{'':>{len(str(r['ports']))}}       fresh (one-shot) compile+render instead:"
+              f" +port {ms(r['new_port_fresh_build_s'])}, +member"
+              f" {ms(r['new_member_fresh_build_s'])}, rule {ms(r['changed_rule_fresh_build_s'])}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
 

@@ -1,6 +1,6 @@
 """Stage 2 of the spine: the intermediate representation and the compiler that builds it."""
 
-from portwall.ir.compile import compile_plan, compile_rule
+from portwall.ir.compile import PlanCompiler, compile_plan, compile_rule
 from portwall.ir.types import (
     Action,
     AddressSet,
@@ -30,6 +30,7 @@ __all__ = [
     "Match",
     "Origin",
     "OriginKind",
+    "PlanCompiler",
     "PortPlan",
     "PortRange",
     "Rule",

@@ -113,9 +113,11 @@ def add_router_interface(m: Model, ref: str, body: Mapping[str, Any]) -> Port:
             raise InvalidInput(
                 f"Router already has a port on subnet {m.subnets[clash].label()}",
                 field="port_id", resource="router", neutron_type="BadRequest")
-        # A router interface is trusted: Neutron stops filtering it.
-        port.device_owner, port.device_id = "network:router_interface", router.id
-        port.security_groups = []
+        # A router interface is trusted: Neutron stops filtering it. The stored port is
+        # replaced, not edited: the incremental compiler keys its cache on port objects.
+        port = port.model_copy(update={"device_owner": "network:router_interface",
+                                       "device_id": router.id, "security_groups": []})
+        m.ports[port.id] = port
     m.router_interfaces[router.id].append(port.id)
     return port
 

@@ -7,6 +7,10 @@ fully before it writes anything.
 
 The topology-file loader and the API server both drive this class, so a file and an API call
 can never disagree about what is valid.
+
+A stored port, network or group is replaced by a new object when it changes, never edited in
+place (a group's rule list only gains or loses whole rules): the incremental compiler
+(``portwall.ir.compile.PlanCompiler``) recognises unchanged resources by identity.
 """
 
 from __future__ import annotations

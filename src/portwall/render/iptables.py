@@ -32,9 +32,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import re
 import socket
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from portwall.ir.compile import gc_paused
 from portwall.ir.types import (
@@ -50,6 +52,7 @@ from portwall.ir.types import (
     PortRange,
     Rule,
     RuleSet,
+    SetMember,
     SetRef,
     SpoofCheck,
     SpoofEntry,
@@ -263,110 +266,215 @@ _GROUP_ACCEPT = f"{_has_mark(MARK_ACCEPT)} {_comment('pw-group-accept')} -j RETU
 _SPOOF_DROP = f"{_comment('pw-spoof-drop')} -j DROP"
 
 
-class _Renderer:
-    """One render call: caches the spelling of rules shared by many ports (provider rules,
-    security-group chains), which is what keeps 10,000 ports fast."""
+_MISSING = ("<unknown rule set>",)  # a Jump's rule set absent from the plan
 
-    def __init__(self, plan: HostPlan):
-        self.plan = plan
-        self.sets = {sid: set_name(s.group_id, s.family) for sid, s in plan.address_sets.items()}
-        self._rule_cache: dict[int, tuple[Rule, str]] = {}
-        self.names: dict[str, tuple[str, str, str]] = {}
-        seen: dict[str, str] = {c: "portwall" for c in
-                                (SG_CHAIN, DISPATCH_CHAIN, FORWARD_CHAIN, INPUT_CHAIN,
-                                 PREROUTING_CHAIN)}
-        for p in plan.ports:
-            names = (ingress_chain(p), egress_chain(p), spoof_chain(p))
+
+@dataclass(slots=True)
+class _PortOut:
+    """One port's rendering, reused while the port's IR object and the group jumps it
+    uses are unchanged."""
+
+    plan: PortPlan  # kept alive: the cache is keyed on id(plan)
+    rulesets: frozenset[str]  # rule sets the port jumps to
+    chains: dict[int, tuple[tuple[str, Chain], ...]]  # family -> (name, chain), in order
+    dispatch: tuple[str, ...]
+    inp: tuple[str, ...]
+    raw: str | None  # NOTRACK rule of a stateless filtered port
+
+
+@dataclass(slots=True)
+class _GroupOut:
+    """One rule set's chain per family and the two rules a port uses to jump to it (None
+    when the group has no rule of that family: ports then skip it)."""
+
+    ruleset: RuleSet  # kept alive: the cache is keyed on id(ruleset)
+    rsid: str  # the plan's key for it (written into the jump's comment)
+    name: str
+    chain: dict[int, Chain | None]
+    jump: dict[int, tuple[str, str] | None]
+
+
+class IptablesRenderer:
+    """Renders plan after plan, re-rendering only the ports and rule sets that changed.
+
+    A long-running process keeps one (per host) next to a :class:`portwall.ir.PlanCompiler`,
+    which hands back the *same* PortPlan/RuleSet/AddressSet objects for what did not change:
+    their rendering is cached by identity, so a small change costs O(changed ports) plus
+    assembling the dispatch/INPUT chains. The output always equals
+    :func:`render_iptables` of the same plan; the returned ruleset shares chain and set
+    objects with earlier ones and must be treated as read-only.
+    """
+
+    #: The rule-text cache may grow to twice its size after a refill plus this many
+    #: entries before it is cleared (see _sync_sets).
+    RULE_TEXT_SLACK = 10_000
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sets: dict[str, str] = {}  # IR set id -> ipset name, as of the last render
+        self._rule_text: dict[int, tuple[Rule, str]] = {}  # id(rule) -> match + comment
+        self._rule_text_limit = 0
+        self._names: dict[int, tuple[PortPlan, tuple[str, str, str]]] = {}
+        self._groups: dict[int, _GroupOut] = {}
+        self._jumps: dict[int, dict[str, tuple[str, str] | None]] = {4: {}, 6: {}}
+        self._ports: dict[int, _PortOut] = {}
+        self._ipsets: dict[int, tuple[AddressSet, str, IpSet]] = {}
+        # ipset name -> id(member) -> (member, its entries): see _members_of
+        self._member_text: dict[str, dict[int, tuple[SetMember, tuple[_MemberEntry, ...]]]] = {}
+
+    def render(self, plan: HostPlan) -> IptablesRuleset:
+        """The whole iptables + ipset state for ``plan`` (see :func:`render_iptables`)."""
+        with gc_paused():
+            try:
+                return self._render(plan)
+            except BaseException:
+                self._reset()  # never reuse caches a failed render left half-updated
+                raise
+
+    # --------------------------------------------------------------- caches
+    def _sync_sets(self, plan: HostPlan) -> None:
+        """Rule text names ipsets: when the names change, every cached rendering may."""
+        sets = {sid: set_name(s.group_id, s.family) for sid, s in plan.address_sets.items()}
+        if sets != self.sets:
+            self._reset()
+            self.sets = sets
+        if len(self._rule_text) > self._rule_text_limit:
+            # Rules of deleted ports and groups pile up in a long-running process: start
+            # afresh now and then (it refills with what the next renders use).
+            self._rule_text.clear()
+            self._rule_text_limit = 0
+
+    def rule(self, rule: Rule, target: str) -> str:
+        """Match + comment, cached per IR rule object, then the target."""
+        hit = self._rule_text.get(id(rule))
+        if hit is None:
+            text = " ".join([*match_spec(rule.match, self.sets), _comment(rule.rid)])
+            hit = self._rule_text[id(rule)] = (rule, text)  # keeps the rule alive: id stays valid
+        return f"{hit[1]} {target}"
+
+    def _port_names(self, plan: HostPlan) -> dict[str, tuple[str, str, str]]:
+        """Each port's (ingress, egress, spoof) chain; refuses two ports on one name."""
+        old = self._names
+        hits = [old.get(id(p)) or (p, (ingress_chain(p), egress_chain(p), spoof_chain(p)))
+                for p in plan.ports]
+        self._names = {id(h[0]): h for h in hits}
+        taken = (SG_CHAIN, DISPATCH_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, PREROUTING_CHAIN)
+        count = len(taken) + 3 * len(hits)
+        if len({*taken, *(n for _p, names in hits for n in names)}) != count:
+            self._name_clash(hits, taken)
+        return {p.id: names for p, names in hits}
+
+    @staticmethod
+    def _name_clash(hits: list[tuple[PortPlan, tuple[str, str, str]]],
+                    taken: tuple[str, ...]) -> None:
+        """Name the first two ports (or port and portwall chain) on one chain name."""
+        seen = dict.fromkeys(taken, "portwall")
+        for p, names in hits:
             for name in names:
                 if name in seen:
                     raise RenderError(f"ports {seen[name]} and {p.id} map to the same chain "
                                       f"{name}: their devices ({p.device}) collide")
                 seen[name] = p.id
-            self.names[p.id] = names
-        self.groups: dict[str, str] = {}
+
+    def _group_outs(self, plan: HostPlan) -> list[_GroupOut]:
+        """Every rule set's chains and jumps; refuses two rule sets on one chain name."""
+        old, self._groups = self._groups, {}
         taken: dict[str, str] = {}
+        outs = []
         for rsid, rs in plan.rulesets.items():
-            name = group_chain(rs)
-            if taken.setdefault(name, rsid) != rsid:
-                raise RenderError(f"rule sets {taken[name]} and {rsid} map to chain {name}")
-            self.groups[rsid] = name
+            out = old.get(id(rs))
+            if out is None or out.rsid != rsid:
+                out = self._render_group(rsid, rs)
+            self._groups[id(rs)] = out
+            if taken.setdefault(out.name, rsid) != rsid:
+                raise RenderError(f"rule sets {taken[out.name]} and {rsid} map to chain "
+                                  f"{out.name}")
+            outs.append(out)
+        return outs
 
-    def rule(self, rule: Rule, target: str) -> str:
-        """Match + comment, cached per IR rule object, then the target."""
-        hit = self._rule_cache.get(id(rule))
-        if hit is None:
-            text = " ".join([*match_spec(rule.match, self.sets), _comment(rule.rid)])
-            hit = self._rule_cache[id(rule)] = (rule, text)  # keeps the rule alive: id stays valid
-        return f"{hit[1]} {target}"
-
-    # ---------------------------------------------------------------- filter
-    def filter_table(self, family: IpFamily) -> Table:
-        plan = self.plan
-        table = Table("filter")
-        group_jump: dict[str, tuple[str, str] | None] = {}
-        group_chains: dict[str, Chain] = {}
-        for rsid, rs in plan.rulesets.items():
+    def _render_group(self, rsid: str, rs: RuleSet) -> _GroupOut:
+        name = group_chain(rs)
+        out = _GroupOut(rs, rsid, name, {}, {})
+        set_accept = _mark(MARK_ACCEPT, MARK_ACCEPT)
+        for family in (4, 6):
             rules = [r for r in rs.rules if r.match.family == family]
-            if not rules:
-                group_jump[rsid] = None
-                continue
-            name = self.groups[rsid]
-            set_accept = _mark(MARK_ACCEPT, MARK_ACCEPT)
-            group_chains[name] = Chain(name, [self.rule(r, set_accept) for r in rules])
-            group_jump[rsid] = (f"{_comment(rsid)} -j {name}", _GROUP_ACCEPT)
-        for name in sorted(group_chains):
-            table.chains[name] = group_chains[name]
+            if rules:
+                out.chain[family] = Chain(name, [self.rule(r, set_accept) for r in rules])
+                out.jump[family] = (f"{_comment(rsid)} -j {name}", _GROUP_ACCEPT)
+            else:
+                out.chain[family] = out.jump[family] = None
+        return out
 
-        dispatch: list[str] = []
-        inp: list[str] = []
-        seen = _mark(MARK_SEEN, MARK_SEEN)
+    def _changed_jumps(self, plan: HostPlan, groups: list[_GroupOut]) -> set[str]:
+        """Rule sets whose jump rules (or existence) changed since the last render: the
+        only way a port's rendering can change while its IR object stays the same."""
+        changed: set[str] = set()
+        for family in (4, 6):
+            new = {rsid: g.jump[family] for rsid, g in zip(plan.rulesets, groups, strict=True)}
+            old, self._jumps[family] = self._jumps[family], new
+            if new != old:
+                changed |= {r for r in new.keys() | old.keys() if new.get(r, _MISSING) !=
+                            old.get(r, _MISSING)}
+        return changed
+
+    def _port_outs(self, plan: HostPlan, names: Mapping[str, tuple[str, str, str]],
+                   changed_jumps: set[str]) -> list[_PortOut]:
+        old, self._ports = self._ports, {}
+        outs = []
         for p in plan.ports:
-            if not p.filtered:
-                tag = _comment(f"unfiltered-{p.id}")
-                dispatch += [
-                    f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} {seen}",
-                    f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} {seen}",
-                ]
-                continue
-            ich, och, sch = self.names[p.id]
-            table.chains[sch] = Chain(sch, self._spoof_rules(p.spoof, family))
-            table.chains[ich] = Chain(ich, self._port_rules(p, p.ingress, family, group_jump))
-            table.chains[och] = Chain(och, self._port_rules(p, p.egress, family, group_jump))
-            tag = _comment(f"port-{p.id}")
-            dispatch += [
-                f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
-                f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j {och}"]
-            inp.append(f"-m physdev --physdev-in {p.device} {tag} -j {och}")
-        table.chains[DISPATCH_CHAIN] = Chain(DISPATCH_CHAIN, dispatch, ordered=False)
-        table.chains[SG_CHAIN] = Chain(SG_CHAIN, [
-            f"{_comment('pw-mark-reset')} {_mark(0, MARK_MASK)}",
-            f"{_comment('pw-dispatch')} -j {DISPATCH_CHAIN}",
-            f"{_has_mark(MARK_SEEN)} {_comment('pw-seen-accept')} -j ACCEPT",
-        ])
-        table.chains[INPUT_CHAIN] = Chain(INPUT_CHAIN, inp, ordered=False)
-        table.chains[FORWARD_CHAIN] = Chain(FORWARD_CHAIN, [
-            f"-o {bridge} -m physdev --physdev-is-bridged {_comment(f'net-{nid}')} -j {SG_CHAIN}"
-            for bridge, (nid, _zone) in self._bridges().items()
-        ])
-        table.hooks = [Hook("FORWARD", f"{_comment('pw-hook')} -j {FORWARD_CHAIN}"),
-                       Hook("INPUT", f"{_comment('pw-hook')} -j {INPUT_CHAIN}")]
-        return table
+            out = old.get(id(p))
+            if out is None or (changed_jumps and not changed_jumps.isdisjoint(out.rulesets)):
+                out = self._render_port(p, names[p.id])
+            self._ports[id(p)] = out
+            outs.append(out)
+        return outs
+
+    def _render_port(self, p: PortPlan, names: tuple[str, str, str]) -> _PortOut:
+        seen = _mark(MARK_SEEN, MARK_SEEN)
+        if not p.filtered:
+            tag = _comment(f"unfiltered-{p.id}")
+            return _PortOut(p, frozenset(), {4: (), 6: ()}, (
+                f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} {seen}",
+                f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} {seen}",
+            ), (), None)
+        ich, och, sch = names
+        chains: dict[int, tuple[tuple[str, Chain], ...]] = {}
+        used: set[str] = set()  # rule sets the port jumps to (filled while rendering)
+        for family in (4, 6):
+            jumps = self._jumps[family]
+            chains[family] = (
+                (sch, Chain(sch, self._spoof_rules(p.spoof, family))),
+                (ich, Chain(ich, self._port_rules(p, p.ingress, family, jumps, sch, used))),
+                (och, Chain(och, self._port_rules(p, p.egress, family, jumps, sch, used))),
+            )
+        tag = _comment(f"port-{p.id}")
+        raw = (None if p.stateful else
+               f"-m physdev --physdev-in {p.device} {tag} -j CT --notrack")
+        return _PortOut(
+            p, frozenset(used), chains,
+            (f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
+             f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j {och}"),
+            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), raw)
 
     def _port_rules(self, port: PortPlan, steps: Iterable[object], family: IpFamily,
-                    group_jump: Mapping[str, tuple[str, str] | None]) -> list[str]:
+                    group_jump: Mapping[str, tuple[str, str] | None], spoof: str,
+                    used: set[str]) -> list[str]:
         out = [_PORT_MARK]
         for step in steps:
             if isinstance(step, Rule):
                 if step.match.family == family:
                     out.append(self.rule(step, _ACTION_TARGET[step.action]))
             elif isinstance(step, Jump):
+                used.add(step.ruleset_id)
                 jump = group_jump.get(step.ruleset_id)
                 if jump is not None:
                     out += jump
                 elif step.ruleset_id not in group_jump:
                     raise RenderError(f"port {port.id} jumps to unknown rule set {step.ruleset_id}")
             elif isinstance(step, SpoofCheck):
-                out.append(f"{_comment('pw-spoof-check')} -j {self.names[port.id][2]}")
+                out.append(f"{_comment('pw-spoof-check')} -j {spoof}")
             else:  # pragma: no cover - the IR has exactly three step kinds
                 raise RenderError(f"unknown step {step!r}")
         return out
@@ -383,76 +491,139 @@ class _Renderer:
         out.append(_SPOOF_DROP)
         return out
 
-    def _bridges(self) -> dict[str, tuple[str, int]]:
-        """Each bridge once (sorted), with its network and conntrack zone."""
-        found: dict[str, tuple[str, int]] = {}
-        for p in self.plan.ports:
-            found.setdefault(p.bridge, (p.network_id, p.zone))
-        return dict(sorted(found.items()))
+    # --------------------------------------------------------------- render
+    def _render(self, plan: HostPlan) -> IptablesRuleset:
+        self._sync_sets(plan)
+        names = self._port_names(plan)
+        groups = self._group_outs(plan)
+        ports = self._port_outs(plan, names, self._changed_jumps(plan, groups))
+        if not self._rule_text_limit:
+            self._rule_text_limit = 2 * len(self._rule_text) + self.RULE_TEXT_SLACK
+        bridges: dict[str, tuple[str, int]] = {}  # each bridge once, with network and zone
+        for p in plan.ports:
+            bridges.setdefault(p.bridge, (p.network_id, p.zone))
+        bridges = dict(sorted(bridges.items()))
+        ruleset = IptablesRuleset()
+        for family in (4, 6):
+            ruleset.tables[family] = {"filter": self._filter_table(family, groups, ports, bridges),
+                                      "raw": self._raw_table(ports, bridges)}
+        ruleset.ipsets = self._ipsets_of(plan)
+        return ruleset
 
-    # ------------------------------------------------------------------- raw
-    def raw_table(self) -> Table:
+    @staticmethod
+    def _filter_table(family: IpFamily, groups: list[_GroupOut], ports: list[_PortOut],
+                      bridges: Mapping[str, tuple[str, int]]) -> Table:
+        table = Table("filter")
+        group_chains = [c for g in groups if (c := g.chain[family]) is not None]
+        for gc in sorted(group_chains, key=lambda c: c.name):
+            table.chains[gc.name] = gc
+        # Flattened in C (itertools.chain): this is the only per-port work left when
+        # nothing changed, so it sets the floor of an incremental render.
+        table.chains.update(itertools.chain.from_iterable(out.chains[family] for out in ports))
+        dispatch = list(itertools.chain.from_iterable(out.dispatch for out in ports))
+        inp = list(itertools.chain.from_iterable(out.inp for out in ports))
+        table.chains[DISPATCH_CHAIN] = Chain(DISPATCH_CHAIN, dispatch, ordered=False)
+        table.chains[SG_CHAIN] = Chain(SG_CHAIN, [
+            f"{_comment('pw-mark-reset')} {_mark(0, MARK_MASK)}",
+            f"{_comment('pw-dispatch')} -j {DISPATCH_CHAIN}",
+            f"{_has_mark(MARK_SEEN)} {_comment('pw-seen-accept')} -j ACCEPT",
+        ])
+        table.chains[INPUT_CHAIN] = Chain(INPUT_CHAIN, inp, ordered=False)
+        table.chains[FORWARD_CHAIN] = Chain(FORWARD_CHAIN, [
+            f"-o {bridge} -m physdev --physdev-is-bridged {_comment(f'net-{nid}')} -j {SG_CHAIN}"
+            for bridge, (nid, _zone) in bridges.items()
+        ])
+        table.hooks = [Hook("FORWARD", f"{_comment('pw-hook')} -j {FORWARD_CHAIN}"),
+                       Hook("INPUT", f"{_comment('pw-hook')} -j {INPUT_CHAIN}")]
+        return table
+
+    @staticmethod
+    def _raw_table(ports: list[_PortOut], bridges: Mapping[str, tuple[str, int]]) -> Table:
         """Conntrack zones, one per network, by bridge: with bridge netfilter a bridged
         packet's in-interface is the bridge, so one rule per bridge zones every port of the
         network (and the host's own traffic into it). Only stateless ports get a rule of their
         own (NOTRACK), placed first because the first CT target a packet meets wins. Keeping
         stateful ports out of this table means adding one leaves the raw table untouched."""
-        rules = [
-            f"-m physdev --physdev-in {p.device} {_comment(f'port-{p.id}')} -j CT --notrack"
-            for p in self.plan.ports if p.filtered and not p.stateful
-        ]
-        for bridge, (nid, zone) in self._bridges().items():
+        rules = [out.raw for out in ports if out.raw is not None]
+        for bridge, (nid, zone) in bridges.items():
             rules.append(f"-i {bridge} {_comment(f'net-{nid}')} -j CT --zone {zone}")
         table = Table("raw")
         table.chains[PREROUTING_CHAIN] = Chain(PREROUTING_CHAIN, rules)
         table.hooks = [Hook("PREROUTING", f"{_comment('pw-hook')} -j {PREROUTING_CHAIN}")]
         return table
 
-    # ----------------------------------------------------------------- ipsets
-    def ipsets(self) -> dict[str, IpSet]:
+    def _ipsets_of(self, plan: HostPlan) -> dict[str, IpSet]:
+        """One set per address set, re-listed only when the AddressSet object changed."""
+        old, self._ipsets = self._ipsets, {}
         out: dict[str, IpSet] = {}
-        for sid in sorted(self.plan.address_sets):
-            aset = self.plan.address_sets[sid]
+        for sid in sorted(plan.address_sets):
+            aset = plan.address_sets[sid]
             name = self.sets[sid]
             if name in out:
                 raise RenderError(f"address sets {out[name].comment} and {sid} map to ipset {name}")
-            members = set_members(aset)
-            maxelem = DEFAULT_MAXELEM
-            while maxelem < 2 * len(members):  # headroom for incremental adds
-                maxelem *= 2
-            out[name] = IpSet(name, aset.family, "hash:net", members,
-                              comment=f"{aset.group_name} {aset.group_id} IPv{aset.family}",
-                              maxelem=maxelem)
+            hit = old.get(id(aset))
+            if hit is None or hit[1] != name:
+                hit = (aset, name, _ipset(aset, name, self._members_of(name, aset)))
+            self._ipsets[id(aset)] = hit
+            out[name] = hit[2]
+        for name in [n for n in self._member_text if n not in out]:
+            del self._member_text[name]
         return out
+
+    def _members_of(self, name: str, aset: AddressSet) -> list[str]:
+        """:func:`set_members`, reusing the text of members (the same SetMember objects)
+        already rendered for this set: one new member in a set of thousands costs one
+        formatting plus a sort of ready-made keys."""
+        old = self._member_text.get(name, {})
+        new: dict[int, tuple[SetMember, tuple[_MemberEntry, ...]]] = {}
+        for m in aset.members:
+            hit = old.get(id(m))
+            new[id(m)] = hit if hit is not None else (m, _member_entries(m.cidr))
+        self._member_text[name] = new
+        return _listed(e for _m, entries in new.values() for e in entries)
+
+
+def _ipset(aset: AddressSet, name: str, members: list[str]) -> IpSet:
+    maxelem = DEFAULT_MAXELEM
+    while maxelem < 2 * len(members):  # headroom for incremental adds
+        maxelem *= 2
+    return IpSet(name, aset.family, "hash:net", members,
+                 comment=f"{aset.group_name} {aset.group_id} IPv{aset.family}", maxelem=maxelem)
 
 
 def set_members(aset: AddressSet) -> list[str]:
     """The members ``ipset save`` would list (sorted): host routes without a prefix length,
     and /0, which hash:net cannot hold, as the two /1 halves."""
-    nets: set[IPNetwork] = set()
-    for c in {m.cidr for m in aset.members}:
-        if c.prefixlen == 0:
-            nets.update(c.subnets(prefixlen_diff=1))
-        else:
-            nets.add(c)
+    return _listed(e for m in aset.members for e in _member_entries(m.cidr))
+
+
+_MemberEntry = tuple[tuple[int, int, int], str]  # (version, address, prefix length), text
+
+
+def _member_entries(cidr: IPNetwork) -> tuple[_MemberEntry, ...]:
+    """What one member network puts in a set, with the key ``ipset save`` sorts it by."""
+    nets: tuple[IPNetwork, ...] = (
+        tuple(cidr.subnets(prefixlen_diff=1)) if cidr.prefixlen == 0 else (cidr,))
     out = []
-    for n in sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
+    for n in nets:
         text = _net(n)
-        out.append(text.rsplit("/", 1)[0] if n.prefixlen == n.max_prefixlen else text)
-    return out
+        text = text.rsplit("/", 1)[0] if n.prefixlen == n.max_prefixlen else text
+        out.append(((n.version, int(n.network_address), n.prefixlen), text))
+    return tuple(out)
+
+
+def _listed(entries: Iterable[_MemberEntry]) -> list[str]:
+    """Distinct entries (equal keys are equal networks), sorted."""
+    by_key = dict(entries)
+    return [by_key[k] for k in sorted(by_key)]
 
 
 # ---------------------------------------------------------------------- public API
 def render_iptables(plan: HostPlan) -> IptablesRuleset:
     """The whole iptables + ipset state for ``plan``: filter and raw tables for IPv4 and IPv6
-    (chains in dependency order: callees before their callers) and the ipsets they use."""
-    with gc_paused():
-        r = _Renderer(plan)
-        ruleset = IptablesRuleset()
-        for family in (4, 6):
-            ruleset.tables[family] = {"filter": r.filter_table(family), "raw": r.raw_table()}
-        ruleset.ipsets = r.ipsets()
-    return ruleset
+    (chains in dependency order: callees before their callers) and the ipsets they use.
+    One-shot; a long-running process keeps an :class:`IptablesRenderer` instead."""
+    return IptablesRenderer().render(plan)
 
 
 def restore_text(ruleset: IptablesRuleset, family: IpFamily, *, hooks: bool = True) -> str:
@@ -499,6 +670,7 @@ __all__ = [
     "PREROUTING_CHAIN",
     "SET_NAME_MAX",
     "SG_CHAIN",
+    "IptablesRenderer",
     "RenderError",
     "egress_chain",
     "group_chain",
