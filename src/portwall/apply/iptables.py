@@ -119,6 +119,10 @@ class IptablesApplier:
         self._cache: dict[int, FamilyState] | None = None
         self._cache_gen: int | None = None
         self._port_chains: dict[tuple[str, str], frozenset[str]] = {}
+        # Chain objects of the last applied ruleset, per (family, table, name), while the
+        # cached snapshot proves the kernel still holds them: an incremental renderer hands
+        # back the same object for an unchanged chain, so identity spares comparing it.
+        self._synced: dict[tuple[int, str, str], Chain] = {}
 
     # ------------------------------------------------------------------ reading
     def _save_all(self) -> dict[int, FamilyState]:
@@ -139,6 +143,9 @@ class IptablesApplier:
             return self._cache, True
         state = self._save_all()
         self._cache, self._cache_gen = (state, gen) if gen is not None else (None, None)
+        # The kernel may differ from what was last applied (that is why it was read):
+        # chains must be compared again before identity can vouch for them.
+        self._synced = {}
         return state, False
 
     def _read_sets(self) -> dict[str, SetState]:
@@ -179,10 +186,15 @@ class IptablesApplier:
             setplan = plan_sets(ruleset.ipsets, sets_now)
         except SetConflict as e:
             raise ApplyError(str(e)) from None
+        # Forget what was in sync until this apply succeeds; a fresh read proves nothing.
+        synced, self._synced = (self._synced if rep.cached_read else {}), {}
         scripts: dict[int, FamilyScript] = {
-            f: plan_family(f, _tables_of(ruleset, f), tables.get(f, {})) for f in FAMILIES}
+            f: plan_family(f, _tables_of(ruleset, f), tables.get(f, {}),
+                           _in_sync(ruleset, f, synced))
+            for f in FAMILIES}
         rep.timings["diff"] = time.perf_counter() - t0 - rep.timings["read"]
         if setplan.empty() and all(s.empty() for s in scripts.values()):
+            self._remember(ruleset)
             rep.seconds = time.perf_counter() - t0
             return rep
 
@@ -195,6 +207,7 @@ class IptablesApplier:
         self._sets_before(setplan)
         self._load(scripts, tables, setplan, plan)
         self._sets_after(setplan)
+        self._remember(ruleset)
         rep.timings["write"] = time.perf_counter() - t0 - rep.timings["read"] - rep.timings["diff"]
 
         if plan is not None:
@@ -206,6 +219,15 @@ class IptablesApplier:
         rep.write_commands = [" ".join(c.argv) for c in self.runner.writes]
         rep.seconds = time.perf_counter() - t0
         return rep
+
+    def _remember(self, ruleset: IptablesRuleset) -> None:
+        """After a successful apply whose result the cache holds, note the chain objects."""
+        if self._cache is None:
+            self._synced.clear()
+            return
+        self._synced = {(f, tname, name): c for f in FAMILIES
+                        for tname, table in _tables_of(ruleset, f).items()
+                        for name, c in table.chains.items()}
 
     def _zones_to_check(self, plan: HostPlan, chains: set[str], shrunk_sets: set[str]) -> set[int]:
         """Zones of the ports whose filtering may now be stricter: their own chains were
@@ -391,6 +413,14 @@ def _culprit(lines: list[str], where: list[SourceLine], n: int, stderr: str) -> 
             if where[i].spec is not None and pat.search(lines[i]):
                 return i + 1
     return n
+
+
+def _in_sync(ruleset: IptablesRuleset, family: int,
+             synced: Mapping[tuple[int, str, str], Chain]) -> dict[str, set[str]]:
+    """Per table, the desired chains that are the very objects last applied."""
+    return {tname: {name for name, c in table.chains.items()
+                    if synced.get((family, tname, name)) is c}
+            for tname, table in _tables_of(ruleset, family).items()}
 
 
 def _validate(ruleset: IptablesRuleset) -> None:

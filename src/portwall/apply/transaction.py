@@ -11,7 +11,7 @@ spec, leaving every other program's rules where they were.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
@@ -143,8 +143,10 @@ def _hook_lines(builtin: str, current: list[str], hooks: list[str]) -> tuple[lis
     return deletes, inserts
 
 
-def plan_table(name: str, desired: Table | None, current: TableState | None) -> TableChange | None:
-    """The change for one table, or None when it is already as desired."""
+def plan_table(name: str, desired: Table | None, current: TableState | None,
+               in_sync: Collection[str] = ()) -> TableChange | None:
+    """The change for one table, or None when it is already as desired. Chains named in
+    ``in_sync`` are known to match the kernel already and are not compared."""
     cur = current.copy() if current is not None else TableState(name)
     want_chains = desired.chains if desired is not None else {}
     want_hooks: dict[str, list[str]] = {}
@@ -159,6 +161,8 @@ def plan_table(name: str, desired: Table | None, current: TableState | None) -> 
     tail: list[tuple[str, SourceLine]] = []
 
     for chain, c in want_chains.items():
+        if chain in in_sync:
+            continue
         old = cur.chains.get(chain)
         rules = c.rules
         if old is not None and c.same_rules(old):
@@ -212,7 +216,8 @@ def plan_table(name: str, desired: Table | None, current: TableState | None) -> 
 
 
 def plan_family(
-    family: int, desired: Mapping[TableName, Table] | Mapping[str, Table], current: FamilyState
+    family: int, desired: Mapping[TableName, Table] | Mapping[str, Table], current: FamilyState,
+    in_sync: Mapping[str, Collection[str]] | None = None,
 ) -> FamilyScript:
     """Changes for every table of one family: the desired ones, and current ones that still
     hold portwall chains or hooks (to remove them)."""
@@ -225,7 +230,7 @@ def plan_family(
     names.sort(key=lambda t: TABLE_ORDER.index(t) if t in TABLE_ORDER else len(TABLE_ORDER))
     script = FamilyScript(family)
     for t in names:
-        change = plan_table(t, want.get(t), current.get(t))
+        change = plan_table(t, want.get(t), current.get(t), (in_sync or {}).get(t, ()))
         if change is not None:
             script.tables.append(change)
     return script
