@@ -9,7 +9,7 @@ echo "== ruff";  .venv/bin/ruff check src tests bench
 echo "== mypy";  .venv/bin/mypy
 echo "== pytest"
 set +e
-.venv/bin/pytest "$@"
+.venv/bin/pytest -n 2 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
