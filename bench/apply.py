@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import ipaddress
 import json
 import os
 import statistics
@@ -39,11 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import workload  # bench/workload.py: the shared synthetic deployment
+
 from portwall.apply import IptablesApplier
 from portwall.ir.compile import PlanCompiler, compile_plan
 from portwall.ir.types import HostPlan
 from portwall.lab import netns
-from portwall.model import Model, stable_ids
 from portwall.render.iptables import (
     IptablesRenderer,
     ipset_restore_text,
@@ -59,95 +59,14 @@ GROUPS = 10
 
 
 # ------------------------------------------------------------------ workload
-def _rule(direction: str, ethertype: str = "IPv4", protocol: str | None = None,
-          lo: int | None = None, hi: int | None = None, prefix: str | None = None,
-          remote: str | None = None) -> dict[str, Any]:
-    r: dict[str, Any] = {"direction": direction, "ethertype": ethertype}
-    for k, v in (("protocol", protocol), ("port_range_min", lo), ("port_range_max", hi),
-                 ("remote_ip_prefix", prefix), ("remote_group_id", remote)):
-        if v is not None:
-            r[k] = v
-    return r
-
-
-def _all_rules() -> list[dict[str, Any]]:
-    return [
-        _rule("egress"), _rule("egress", "IPv6"),
-        _rule("ingress", protocol="tcp", lo=22, hi=22, prefix="0.0.0.0/0"),
-        _rule("ingress", protocol="icmp", prefix="0.0.0.0/0"),
-        _rule("ingress", "IPv6", protocol="ipv6-icmp"),
-        _rule("ingress", protocol="tcp", lo=5432, hi=5432, remote="sg-all"),
-        _rule("ingress", protocol="udp", lo=53, hi=53, prefix="10.0.0.0/8"),
-        _rule("ingress", protocol="tcp", lo=9100, hi=9100, prefix="192.168.0.0/16"),
-        _rule("ingress", protocol="udp", lo=161, hi=162, prefix="172.16.0.0/12"),
-        _rule("ingress", "IPv6", protocol="tcp", lo=22, hi=22),
-    ]
-
-
-def _app_rules(k: int) -> list[dict[str, Any]]:
-    return [
-        _rule("ingress", protocol="tcp", lo=80, hi=80, prefix="0.0.0.0/0"),
-        _rule("ingress", protocol="tcp", lo=443, hi=443),
-        _rule("ingress", protocol="tcp", lo=8000 + k, hi=8100 + k, prefix="10.0.0.0/8"),
-        _rule("ingress", protocol="tcp", lo=3306, hi=3306, prefix=f"10.{k % 256}.0.0/16"),
-        _rule("ingress", protocol="udp", lo=5000, hi=5100),
-        _rule("ingress", protocol="icmp", lo=8, hi=0, prefix="198.51.100.0/24"),
-        _rule("ingress", protocol="tcp", lo=8080, hi=8080, remote="sg-all"),
-        _rule("egress", protocol="tcp", lo=25, hi=25, prefix="203.0.113.0/24"),
-        _rule("ingress", "IPv6", protocol="tcp", lo=80, hi=80),
-        _rule("ingress", "IPv6", protocol="tcp", lo=443, hi=443, prefix="2001:db8::/32"),
-    ]
-
-
-class Workload:
-    """The gen_ports.py workload built through portwall's own model."""
+class Workload(workload.Workload):
+    """The peer's workload on HOST (one address pair on every 10th port), plus the
+    long-lived compiler and renderer a running agent would keep."""
 
     def __init__(self, n: int) -> None:
-        self.m = Model(stable_ids(f"bench-{n}"))
-        self.net = self.m.create_network({"name": "net0"})
-        self.m.create_subnet({"network_id": self.net.id, "cidr": "10.0.0.0/16", "name": "sub0"})
-        self.sg_all = self.m.create_security_group({"name": "sg-all", "security_group_rules": []})
-        for r in _all_rules():
-            if r.get("remote_group_id") == "sg-all":
-                r["remote_group_id"] = self.sg_all.id
-            self.m.create_security_group_rule({**r, "security_group_id": self.sg_all.id})
-        self.apps = []
-        for k in range(GROUPS):
-            sg = self.m.create_security_group({"name": f"sg-app-{k}", "security_group_rules": []})
-            for r in _app_rules(k):
-                if r.get("remote_group_id") == "sg-all":
-                    r["remote_group_id"] = self.sg_all.id
-                self.m.create_security_group_rule({**r, "security_group_id": sg.id})
-            self.apps.append(sg)
-        self.next = 0
-        for _ in range(n):
-            self.add_port()
+        super().__init__(n, groups=GROUPS, host=HOST)
         self.compiler = PlanCompiler(HOST)
         self.renderer = IptablesRenderer()
-
-    def add_port(self, host: str = HOST) -> None:
-        i = self.next
-        self.next += 1
-        mac = f"fa:16:3e:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"
-        body: dict[str, Any] = {
-            "network_id": self.net.id, "name": f"p{i}", "mac_address": mac,
-            "fixed_ips": [{"ip_address": str(ipaddress.IPv4Address("10.0.0.10") + i)}],
-            "security_groups": [self.sg_all.id, self.apps[i % GROUPS].id],
-            "binding:host_id": host,
-        }
-        if i % 10 == 0:
-            body["allowed_address_pairs"] = [
-                {"ip_address": str(ipaddress.IPv4Address("10.200.0.0") + i), "mac_address": mac}]
-        self.m.create_port(body)
-
-    def change_rule(self, step: int) -> None:
-        """Replace one rule of one group (Neutron rules are immutable: delete + create)."""
-        sg = self.m.security_groups[self.apps[step % GROUPS].id]
-        victim = next(r for r in sg.security_group_rules if r.protocol == "udp")
-        self.m.delete_security_group_rule(victim.id)
-        lo = 5000 + 200 * (step + 1)
-        self.m.create_security_group_rule(
-            _rule("ingress", protocol="udp", lo=lo, hi=lo + 100) | {"security_group_id": sg.id})
 
     def build(self) -> tuple[HostPlan, IptablesRuleset, float]:
         """One-shot compile + render (what a fresh process does)."""

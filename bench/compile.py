@@ -17,13 +17,14 @@ Targets (2-core machine): 1,000 ports under 0.5 s, 10,000 under 5 s; rules linea
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
+
+import workload  # bench/workload.py: the shared synthetic deployment
 
 from portwall.ir import compile_plan
 from portwall.ir.types import HostPlan
@@ -34,86 +35,9 @@ from portwall.render.iptables_types import IptablesRuleset
 T = TypeVar("T")
 
 
-def _rule(direction: str, ethertype: str = "IPv4", protocol: str | None = None,
-          pmin: int | None = None, pmax: int | None = None, prefix: str | None = None,
-          remote_group: str | None = None) -> dict[str, Any]:
-    r: dict[str, Any] = {"direction": direction, "ethertype": ethertype}
-    for k, v in (("protocol", protocol), ("port_range_min", pmin), ("port_range_max", pmax),
-                 ("remote_ip_prefix", prefix), ("remote_group_id", remote_group)):
-        if v is not None:
-            r[k] = v
-    return r
-
-
-def sg_all_rules() -> list[dict[str, Any]]:
-    """The rules of the group every port is in (the new group's egress-any rules are
-    automatic), including a remote-group rule on itself."""
-    return [
-        _rule("ingress", protocol="tcp", pmin=22, pmax=22, prefix="0.0.0.0/0"),
-        _rule("ingress", protocol="icmp", prefix="0.0.0.0/0"),
-        _rule("ingress", "IPv6", protocol="ipv6-icmp"),
-        _rule("ingress", protocol="tcp", pmin=5432, pmax=5432, remote_group="sg-all"),
-        _rule("ingress", protocol="udp", pmin=53, pmax=53, prefix="10.0.0.0/8"),
-        _rule("ingress", protocol="tcp", pmin=9100, pmax=9100, prefix="192.168.0.0/16"),
-        _rule("ingress", protocol="udp", pmin=161, pmax=162, prefix="172.16.0.0/12"),
-        _rule("ingress", "IPv6", protocol="tcp", pmin=22, pmax=22),
-    ]
-
-
-def sg_app_rules(k: int) -> list[dict[str, Any]]:
-    return [
-        _rule("ingress", protocol="tcp", pmin=80, pmax=80, prefix="0.0.0.0/0"),
-        _rule("ingress", protocol="tcp", pmin=443, pmax=443),
-        _rule("ingress", protocol="tcp", pmin=8000 + k, pmax=8100 + k, prefix="10.0.0.0/8"),
-        _rule("ingress", protocol="tcp", pmin=3306, pmax=3306, prefix=f"10.{k % 256}.0.0/16"),
-        _rule("ingress", protocol="udp", pmin=5000, pmax=5100),
-        _rule("ingress", protocol="icmp", pmin=8, pmax=0, prefix="198.51.100.0/24"),
-        _rule("ingress", protocol="tcp", pmin=8080, pmax=8080, remote_group="sg-all"),
-        _rule("egress", protocol="tcp", pmin=25, pmax=25, prefix="203.0.113.0/24"),
-        _rule("ingress", "IPv6", protocol="tcp", pmin=80, pmax=80),
-        _rule("ingress", "IPv6", protocol="tcp", pmin=443, pmax=443, prefix="2001:db8::/32"),
-    ]
-
-
 def build_model(n_ports: int, groups: int = 10, dual_stack: bool = False) -> Model:
-    """The synthetic deployment, every resource created through Neutron's checks."""
-    m = Model(stable_ids("bench"))
-    net = m.create_network({"name": "net0"})
-    m.create_subnet({"name": "v4", "network_id": net.id, "cidr": "10.0.0.0/8"})
-    if dual_stack:
-        m.create_subnet({"name": "v6", "network_id": net.id, "cidr": "fd00::/64"})
-    sg_all = m.create_security_group({"name": "sg-all"})
-    for r in sg_all_rules():
-        m.create_security_group_rule(_group_refs(m, {**r, "security_group_id": sg_all.id}))
-    apps = []
-    for k in range(min(groups, max(n_ports, 1))):
-        sg = m.create_security_group({"name": f"sg-app-{k}"})
-        for r in sg_app_rules(k):
-            m.create_security_group_rule(_group_refs(m, {**r, "security_group_id": sg.id}))
-        apps.append(sg.id)
-    base4 = ipaddress.IPv4Address("10.0.0.10")
-    for i in range(n_ports):
-        fixed = [{"ip_address": str(base4 + i)}]
-        if dual_stack:
-            fixed.append({"ip_address": str(ipaddress.IPv6Address("fd00::10") + i)})
-        m.create_port({
-            "name": f"port-{i}",
-            "network_id": net.id,
-            "mac_address": f"fa:16:3e:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}",
-            "fixed_ips": fixed,
-            "allowed_address_pairs": [
-                {"ip_address": str(ipaddress.IPv4Address("10.200.0.0") + i)},
-                {"ip_address": f"172.{16 + i % 16}.{(i >> 8) & 255}.{i & 255}"},
-            ],
-            "security_groups": [sg_all.id, apps[i % len(apps)]],
-        })
-    return m
-
-
-def _group_refs(m: Model, body: dict[str, Any]) -> dict[str, Any]:
-    if body.get("remote_group_id"):
-        body["remote_group_id"] = m.get("security_group", body["remote_group_id"]).id
-    return body
+    """The synthetic deployment (bench/workload.py) with 2 address pairs on every port."""
+    return workload.Workload(n_ports, groups=groups, pairs=2, dual_stack=dual_stack).m
 
 
 def model_from_peer_json(path: str) -> Model:
