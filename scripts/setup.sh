@@ -19,10 +19,15 @@ fi
 # The venv is made from Debian's python3 with system site-packages so that
 # python3-nftables (libnftables bindings, not on PyPI) is importable.
 PY=/usr/bin/python3
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import portwall, pytest' 2>/dev/null; then
+# Reinstall when pyproject.toml changed since the last install (a new dependency).
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+have=$(cat .venv/.portwall-deps 2>/dev/null || true)
+if [ ! -x .venv/bin/python ] || [ "$want" != "$have" ] || \
+        ! .venv/bin/python -c 'import portwall, pytest, nftables' 2>/dev/null; then
     echo "portwall setup: creating .venv and installing portwall[test]"
     "$PY" -m venv --system-site-packages .venv
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -e '.[test]'
+    echo "$want" > .venv/.portwall-deps
 fi
 echo "portwall setup: ready (.venv/bin/portwall)"
