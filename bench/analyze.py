@@ -13,8 +13,10 @@ built through :class:`portwall.model.Model` and compiled; neither is timed.
 Printed per size: single-packet evaluation (``evaluate_hop``, what the applier calls per
 conntrack entry), a trace (``Tracer.trace``: path + both chains + explanation; first call
 including index building, then the median and p99 of ``--traces`` random traces), and a
-full ``audit`` (all checks, no matrix). Targets: a trace under 50 ms, an audit of 10,000
-ports under 10 s.
+full ``audit`` (all checks, no matrix) and, up to ``--matrix-max`` ports, the reachability
+matrix: in-process and as the whole ``portwall audit FILE --matrix`` command on the same
+workload written to a topology file. Targets: a trace under 50 ms, an audit of 10,000 ports
+under 10 s, ``audit --matrix`` of 1,000 ports under 5 s.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ from __future__ import annotations
 import argparse
 import gc
 import ipaddress
+import json
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-from portwall.analyze.audit import audit
+from portwall.analyze.audit import audit, reachability_matrix
 from portwall.analyze.evaluate import Packet, evaluate_hop
 from portwall.analyze.trace import Tracer
 from portwall.ir import compile_plan
@@ -78,31 +84,26 @@ def app_rules(rng: random.Random, k: int, n_groups: int) -> list[dict[str, Any]]
     return rules
 
 
-def build(n_ports: int, seed: int) -> Model:
+def spec(n_ports: int, seed: int) -> dict[str, Any]:
+    """The seeded workload as a topology document (names for references), which
+    :func:`build` turns into a model and ``--matrix`` writes to a file for the CLI."""
     rng = random.Random(seed)
-    m = Model(stable_ids(f"bench-analyze-{n_ports}"))
     n_groups = max(1, n_ports // 5)
-    nets = []
-    for i in range(max(1, n_ports // 250)):
-        net = m.create_network({"name": f"net{i}"})
-        m.create_subnet({"network_id": net.id, "name": f"sub{i}",
-                         "cidr": str(ipaddress.ip_network(f"10.{64 + i // 64}.{(i % 64) * 4}.0/22"))})
-        nets.append(net)
-    for t in range(TIERS):
-        m.create_security_group({"name": f"tier{t}"})
-    for k in range(n_groups):
-        m.create_security_group({"name": f"app{k}"})
+    nets = [{"name": f"net{i}", "subnets": [{"name": f"sub{i}", "cidr": str(ipaddress.ip_network(
+        f"10.{64 + i // 64}.{(i % 64) * 4}.0/22"))}]} for i in range(max(1, n_ports // 250))]
+    groups: list[dict[str, Any]] = [{"name": f"tier{t}", "security_group_rules": []}
+                                    for t in range(TIERS)]
+    groups += [{"name": f"app{k}", "security_group_rules": []} for k in range(n_groups)]
     # rules after all groups exist (remote groups may point forward)
     for k in range(n_groups):
-        for r in app_rules(rng, k, n_groups):
-            m.create_security_group_rule({**r, "security_group_id": f"app{k}"})
+        groups[TIERS + k]["security_group_rules"] = app_rules(rng, k, n_groups)
     for t in range(TIERS):
-        m.create_security_group_rule(_rule("ingress", protocol="tcp", port_range_min=9100,
-                                           port_range_max=9100, remote_group_id=f"tier{t}",
-                                           security_group_id=f"tier{t}"))
+        groups[t]["security_group_rules"] = [_rule(
+            "ingress", protocol="tcp", port_range_min=9100, port_range_max=9100,
+            remote_group_id=f"tier{t}")]
+    ports = []
     for i in range(n_ports):
-        net = nets[i // 250 % len(nets)]
-        body: dict[str, Any] = {"name": f"p{i}", "network_id": net.id}
+        body: dict[str, Any] = {"name": f"p{i}", "network_id": nets[i // 250 % len(nets)]["name"]}
         if i % 200 == 199:
             body["port_security_enabled"] = False
         else:
@@ -111,7 +112,27 @@ def build(n_ports: int, seed: int) -> Model:
                 body["allowed_address_pairs"] = [{"ip_address": "0.0.0.0/0"}]
             elif i % 10 == 3:
                 body["allowed_address_pairs"] = [{"ip_address": f"192.168.{i % 250}.0/24"}]
-        m.create_port(body)
+        ports.append(body)
+    return {"project": "bench", "networks": nets, "security_groups": groups, "ports": ports}
+
+
+def build(n_ports: int, seed: int) -> Model:
+    """:func:`spec` through :class:`Model`, the way the API would create it."""
+    doc = spec(n_ports, seed)
+    m = Model(stable_ids(f"bench-analyze-{n_ports}"))
+    net_ids = {}
+    for net in doc["networks"]:
+        created = m.create_network({"name": net["name"]})
+        net_ids[net["name"]] = created.id
+        for sub in net["subnets"]:
+            m.create_subnet({"network_id": created.id, **sub})
+    for g in doc["security_groups"]:
+        m.create_security_group({"name": g["name"]})
+    for g in doc["security_groups"]:
+        for r in g["security_group_rules"]:
+            m.create_security_group_rule({**r, "security_group_id": g["name"]})
+    for body in doc["ports"]:
+        m.create_port({**body, "network_id": net_ids[body["network_id"]]})
     return m
 
 
@@ -121,7 +142,7 @@ def timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def bench(n: int, traces: int, seed: int) -> dict[str, float]:
+def bench(n: int, traces: int, seed: int, matrix_max: int) -> dict[str, float]:
     model, t_build = timed(build, n, seed)
     plan, t_compile = timed(compile_plan, model)
     assert isinstance(plan, HostPlan)
@@ -169,9 +190,36 @@ def bench(n: int, traces: int, seed: int) -> dict[str, float]:
         by[f.code] = by.get(f.code, 0) + 1
     print(f"  audit: {t_audit:.2f} s, {len(findings)} findings "
           f"({', '.join(f'{k} {v}' for k, v in sorted(by.items()))})")
-    return {"hop_us": t_hop * 1e6, "trace_first_ms": (t_tracer + t_first) * 1e3,
-            "trace_median_ms": statistics.median(times) * 1e3, "trace_p99_ms": p99 * 1e3,
-            "audit_s": t_audit}
+    out = {"hop_us": t_hop * 1e6, "trace_first_ms": (t_tracer + t_first) * 1e3,
+           "trace_median_ms": statistics.median(times) * 1e3, "trace_p99_ms": p99 * 1e3,
+           "audit_s": t_audit}
+    if n <= matrix_max:
+        out.update(bench_matrix(n, seed, model, plan))
+    return out
+
+
+def bench_matrix(n: int, seed: int, model: Model, plan: HostPlan) -> dict[str, float]:
+    """``--matrix``: in-process, then the whole CLI (load, compile, audit, matrix, print)
+    on the same workload written as a topology file."""
+    gc.collect()
+    rows, t_mx = timed(reachability_matrix, model, plan)
+    pairs = sum(len(r.src_ports) * len(r.dst_ports) - len(set(r.src_ports) & set(r.dst_ports))
+                for r in rows)
+    print(f"  matrix: {t_mx:.2f} s in-process, {len(rows)} rows covering {pairs} ordered "
+          "pairs (every protocol and port)")
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / f"bench-{n}.json"
+        f.write_text(json.dumps(spec(n, seed)))
+        exe = Path(sys.executable).with_name("portwall")
+        t0 = time.perf_counter()
+        r = subprocess.run([str(exe), "audit", str(f), "--matrix"], capture_output=True,
+                           text=True, check=False)
+        t_cli = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"portwall audit --matrix failed: {r.stderr[-2000:]}")
+    print(f"  `portwall audit FILE --matrix`: {t_cli:.2f} s wall, "
+          f"{r.stdout.count(chr(10))} lines of output")
+    return {"matrix_s": t_mx, "matrix_cli_s": t_cli}
 
 
 def main() -> int:
@@ -179,12 +227,16 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--traces", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--matrix-max", type=int, default=1000,
+                    help="also time --matrix for sizes up to this many ports")
     args = ap.parse_args()
     ok = True
     for n in (int(x) for x in args.sizes.split(",")):
-        r = bench(n, args.traces, args.seed)
+        r = bench(n, args.traces, args.seed, args.matrix_max)
         ok &= r["trace_p99_ms"] < 50 and (n < 10000 or r["audit_s"] < 10)
-    print("\ntargets (trace < 50 ms, audit of 10,000 ports < 10 s):", "met" if ok else "MISSED")
+        ok &= n > 1000 or r.get("matrix_cli_s", 0) < 5
+    print("\ntargets (trace < 50 ms, audit of 10,000 ports < 10 s, `audit --matrix` of 1,000 "
+          "ports < 5 s):", "met" if ok else "MISSED")
     return 0 if ok else 1
 
 

@@ -8,7 +8,7 @@ code   finding
 =====  ========================================================================
 PW001  a remote-group rule admits a very wide allowed-address-pair (seed 001)
 PW002  a sensitive service of a port is open to every address (0.0.0.0/0, ::/0)
-PW003  a security-group rule is redundant: the group's other rules already allow it
+PW003  a security-group rule is redundant: its ports' other rules already allow it
 PW004  a rule's remote group has no member addresses: the rule allows nothing
 PW005  a port has port security disabled: it is not filtered at all
 PW006  an allowed address pair is wider than, or outside, the port's subnets
@@ -19,7 +19,8 @@ PW009  without host rules to check: a tenant subnet overlaps a range hosts commo
 
 Reachability questions (PW002) are answered by :mod:`portwall.analyze.reach` over interval
 sets covering every source address; redundancy (PW003) by exact box subtraction
-(:mod:`portwall.analyze.intervals`), so nothing here samples packets.
+over the union of each port's groups (:mod:`portwall.analyze.redundancy`), so nothing here
+samples packets.
 """
 
 from __future__ import annotations
@@ -32,17 +33,16 @@ from typing import Any
 
 from portwall.analyze.describe import match_label, set_label
 from portwall.analyze.hostrules import HostRules
-from portwall.analyze.intervals import Box, IntervalSet, covered
+from portwall.analyze.matrix import MatrixRow, reachability_matrix
 from portwall.analyze.reach import (
     SetIntervals,
     Slice,
     SliceResult,
     allowed_sources,
     full_space,
-    pair_services,
-    services_text,
 )
-from portwall.ir.compile import zone_for
+from portwall.analyze.redundancy import redundant_rules
+from portwall.ir.compile import gc_paused, zone_for
 from portwall.ir.types import (
     AddressSet,
     HostPlan,
@@ -267,67 +267,44 @@ def check_sensitive_open(ctx: _Ctx) -> list[Finding]:
 
 
 # ------------------------------------------------------------------ PW003
-_SYM_BASE = {4: 2**32, 6: 2**128}
-_SYM_SPAN = 2**20
-
-
-def _rule_box(m: Any, direction: str, symbols: dict[str, int]) -> Box:
-    """A rule as a box over (remote address, protocol, sport, dport, icmp type, icmp code).
-
-    A remote group is a *symbol* outside the address space: it is covered only by a rule for
-    any address or for the same group, never by prefixes that happen to contain today's
-    members (membership changes; advice to delete a rule must not depend on it)."""
-    fam = m.family
-    remote = m.src if direction == "ingress" else m.dst
-    base = _SYM_BASE[fam]
-    if remote is None:
-        addr = IntervalSet.span(0, base + _SYM_SPAN)
-    elif isinstance(remote, SetRef):
-        k = symbols.setdefault(remote.set_id, len(symbols))
-        addr = IntervalSet.point(base + k)
-    else:
-        addr = IntervalSet.of_network(remote)
-
-    def rng(v: Any, full: tuple[int, int]) -> IntervalSet:
-        return IntervalSet.span(*full) if v is None else IntervalSet.span(v.lo, v.hi)
-
-    proto = IntervalSet.span(0, 255) if m.protocol is None else IntervalSet.point(m.protocol)
-    itype = IntervalSet.span(0, 255) if m.icmp_type is None else IntervalSet.point(m.icmp_type)
-    icode = IntervalSet.span(0, 255) if m.icmp_code is None else IntervalSet.point(m.icmp_code)
-    return (addr, proto, rng(m.sport, (0, 65535)), rng(m.dport, (0, 65535)), itype, icode)
-
-
 def check_redundant_rules(ctx: _Ctx) -> list[Finding]:
+    """Rules that add nothing to any port's policy (:mod:`portwall.analyze.redundancy`)."""
     out: list[Finding] = []
     plan = ctx.plan
-    for rs in plan.rulesets.values():
-        symbols: dict[str, int] = {}
-        by_family: dict[int, list[tuple[Rule, Box]]] = defaultdict(list)
-        for r in rs.rules:
-            by_family[r.match.family].append((r, _rule_box(r.match, rs.direction, symbols)))
-        for rules in by_family.values():
-            dropped: set[int] = set()
-            for i, (r, box) in enumerate(rules):
-                others = [(o, b) for j, (o, b) in enumerate(rules) if j != i and j not in dropped]
-                if not others or not covered(box, (b for _, b in others)):
-                    continue
-                dropped.add(i)
-                cover = [o for o, b in others if not _disjoint(box, b)]
-                out.append(Finding(
-                    "PW003", "low",
-                    f"rule {r.origin.resource_id} of group {rs.group_name} is redundant",
-                    [ctx.rule_ref(r), ctx.group_ref(rs), *(ctx.rule_ref(o) for o in cover)],
-                    f"{rs.direction} rule {r.origin.resource_id} "
-                    f"({match_label(plan, r.match, rs.direction)})"
-                    f" can never allow anything the group's other rules do not already allow: "
-                    + "; ".join(f"{o.origin.resource_id} ({match_label(plan, o.match, rs.direction)})"
-                                for o in cover),
-                    "delete the redundant rule (or narrow the wider one if it was the mistake)"))
+    for red in redundant_rules(plan, ctx.ports_of_ruleset):
+        rs, r = red.ruleset, red.rule
+        d = rs.direction
+        why = "; ".join(
+            f"rule {o.origin.resource_id}" + (f" of group {ors.group_name}" if ors is not rs else "")
+            + f" ({match_label(plan, o.match, d)})" for o, ors in red.cover)
+        refs = [ctx.rule_ref(r), ctx.group_ref(rs), *(ctx.rule_ref(o) for o, _ in red.cover)]
+        if not red.cross:
+            out.append(Finding(
+                "PW003", "low", f"rule {r.origin.resource_id} of group {rs.group_name} is redundant",
+                refs,
+                f"{d} rule {r.origin.resource_id} ({match_label(plan, r.match, d)})"
+                f" can never allow anything the group's other rules do not already allow: {why}",
+                "delete the redundant rule (or narrow the wider one if it was the mistake)"))
+            continue
+        others = sorted({ors.group_name for _, ors in red.cover if ors is not rs})
+        for _, ors in red.cover:
+            ref = ctx.group_ref(ors)
+            if ors is not rs and ref not in refs:
+                refs.append(ref)
+        names = [p.name for p in red.ports]
+        out.append(Finding(
+            "PW003", "info",
+            f"rule {r.origin.resource_id} of group {rs.group_name} is redundant for every port"
+            f" of the group (through group{'s' if len(others) > 1 else ''} {', '.join(others)})",
+            refs,
+            f"{d} rule {r.origin.resource_id} ({match_label(plan, r.match, d)}) allows nothing"
+            f" that the ports of group {rs.group_name} ({_names(names)}) are not already allowed"
+            f" by the rules of their groups (a port's policy is the union of its groups'"
+            f" rules): {why}",
+            f"delete the rule if every port of group {rs.group_name} is meant to stay in "
+            f"{' and '.join(others)} (a port that later joins {rs.group_name} alone would lose"
+            " what it allows); otherwise keep it"))
     return out
-
-
-def _disjoint(a: Box, b: Box) -> bool:
-    return any(not (x & y) for x, y in zip(a, b, strict=True))
 
 
 # ------------------------------------------------------------------ PW004
@@ -510,54 +487,18 @@ def check_host_defaults(ctx: _Ctx) -> list[Finding]:
 # ------------------------------------------------------------------ driver
 def audit(model: Model, plan: HostPlan, host: HostRules | None = None) -> list[Finding]:
     """Every finding for ``model`` compiled as ``plan``, most severe first."""
-    ctx = _Ctx(model, plan)
     findings: list[Finding] = []
-    for check in (check_wide_pairs_in_remote_groups, check_sensitive_open,
-                  check_redundant_rules, check_empty_remote_groups,
-                  check_port_security_disabled, check_wide_pairs, check_zone_overlaps):
-        findings += check(ctx)
-    findings += check_host_defaults(ctx) if host is None else check_host_overlaps(ctx, host)
+    # Interval and box arithmetic allocates millions of short-lived acyclic objects; the
+    # cyclic collector would walk the whole (large) plan on each burst.
+    with gc_paused():
+        ctx = _Ctx(model, plan)
+        for check in (check_wide_pairs_in_remote_groups, check_sensitive_open,
+                      check_redundant_rules, check_empty_remote_groups,
+                      check_port_security_disabled, check_wide_pairs, check_zone_overlaps):
+            findings += check(ctx)
+        findings += check_host_defaults(ctx) if host is None else check_host_overlaps(ctx, host)
     findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.code))
     return findings
-
-
-# ------------------------------------------------------------------ matrix
-@dataclass(frozen=True)
-class MatrixRow:
-    src: str
-    dst: str
-    family: int
-    services: str
-
-    def text(self) -> str:
-        return f"{self.src} -> {self.dst} (IPv{self.family}): {self.services}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"from": self.src, "to": self.dst, "family": self.family,
-                "services": self.services}
-
-
-def reachability_matrix(model: Model, plan: HostPlan, ports: Iterable[PortPlan] | None = None
-                        ) -> list[MatrixRow]:
-    """Who can open connections to whom, per protocol and destination port, for every
-    ordered pair of ports with an address of the same family (pure policy: routing is not
-    considered). O(ports^2): meant for humans, not for 10,000 ports."""
-    sets = SetIntervals(plan)
-    plist = list(plan.ports if ports is None else ports)
-    rows = []
-    for a in plist:
-        for b in plist:
-            if a is b:
-                continue
-            for fam in (4, 6):
-                sa = next((x for x in a.addresses if x.version == fam), None)
-                sb = next((x for x in b.addresses if x.version == fam), None)
-                if sa is None or sb is None:
-                    continue
-                sv = pair_services(plan, a, b, fam, int(sa.network_address),
-                                   int(sb.network_address), sets)
-                rows.append(MatrixRow(a.name, b.name, fam, services_text(sv)))
-    return rows
 
 
 __all__ = [

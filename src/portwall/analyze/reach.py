@@ -82,7 +82,7 @@ class SliceResult:
     contributors: list[tuple[Rule, Jump | None, IntervalSet]] = field(default_factory=list)
 
 
-def _ct_new(m: Match) -> bool:
+def ct_new(m: Match) -> bool:
     return m.ct is None or CtState.NEW in m.ct
 
 
@@ -94,7 +94,7 @@ def rule_sources(m: Match, s: Slice, own: Sequence[int], sets: SetIntervals
                  ) -> tuple[IntervalSet, bool]:
     """The source addresses for which ``m`` holds on ``s`` (ingress to a port whose addresses
     are ``own``), and whether the match is exact (False: only "for some" sport/MAC/type)."""
-    if m.family != s.family or not _ct_new(m):
+    if m.family != s.family or not ct_new(m):
         return _EMPTY, True
     if m.protocol is not None and m.protocol != s.protocol:
         return _EMPTY, True
@@ -151,10 +151,10 @@ def allowed_sources(plan: HostPlan, steps: Iterable[Step], s: Slice, own: Sequen
 #: dimension of their own so that an egress allowing "any sport" and an ingress allowing only
 #: "sport 67" intersect to exactly what one packet could pass through both.
 Services = dict[int, list[Box]]
-_FULL_BOX: Box = (FULL_PORTS, FULL_PORTS, IntervalSet.span(0, 255), IntervalSet.span(0, 255))
+FULL_BOX: Box = (FULL_PORTS, FULL_PORTS, IntervalSet.span(0, 255), IntervalSet.span(0, 255))
 
 
-def _protocols(plan: HostPlan, steps: Iterable[Step]) -> set[int]:
+def chain_protocols(plan: HostPlan, steps: Iterable[Step]) -> set[int]:
     out: set[int] = set()
     for step in steps:
         rules: Iterable[Rule]
@@ -175,19 +175,19 @@ def _match_box(m: Match) -> Box:
     def rng(v: object, full: IntervalSet) -> IntervalSet:
         return full if v is None else IntervalSet.span(v.lo, v.hi)  # type: ignore[attr-defined]
 
-    itype = _FULL_BOX[2] if m.icmp_type is None else IntervalSet.point(m.icmp_type)
-    icode = _FULL_BOX[3] if m.icmp_code is None else IntervalSet.point(m.icmp_code)
+    itype = FULL_BOX[2] if m.icmp_type is None else IntervalSet.point(m.icmp_type)
+    icode = FULL_BOX[3] if m.icmp_code is None else IntervalSet.point(m.icmp_code)
     return (rng(m.sport, FULL_PORTS), rng(m.dport, FULL_PORTS), itype, icode)
 
 
-def _services_walk(plan: HostPlan, port: PortPlan, direction: Direction, family: int,
+def services_walk(plan: HostPlan, port: PortPlan, direction: Direction, family: int,
                    src: int, dst: int, keys: set[int], sets: SetIntervals) -> Services:
     """(protocol -> boxes) a NEW packet src -> dst may use through one chain."""
-    remaining: Services = {k: [_FULL_BOX] for k in keys}
+    remaining: Services = {k: [FULL_BOX] for k in keys}
     allowed: Services = {k: [] for k in keys}
 
     def applies(m: Match) -> bool:
-        if m.family != family or not _ct_new(m):
+        if m.family != family or not ct_new(m):
             return False
         if m.src is not None and src not in sets.addr(m.src, family):
             return False
@@ -220,11 +220,11 @@ def pair_services(plan: HostPlan, src: PortPlan | None, dst: PortPlan, family: i
     """What a NEW connection from ``src`` (its fixed IP ``src_addr``) to ``dst`` may use:
     the sender's egress intersected with the receiver's ingress, exactly."""
     steps = list(dst.ingress) + (list(src.egress) if src is not None else [])
-    keys = _protocols(plan, steps) | {OTHER}
-    full: Services = {k: [_FULL_BOX] for k in keys}
-    ing = _services_walk(plan, dst, "ingress", family, src_addr, dst_addr, keys, sets) \
+    keys = chain_protocols(plan, steps) | {OTHER}
+    full: Services = {k: [FULL_BOX] for k in keys}
+    ing = services_walk(plan, dst, "ingress", family, src_addr, dst_addr, keys, sets) \
         if dst.filtered else full
-    eg = _services_walk(plan, src, "egress", family, src_addr, dst_addr, keys, sets) \
+    eg = services_walk(plan, src, "egress", family, src_addr, dst_addr, keys, sets) \
         if src is not None and src.filtered else full
     out: Services = {}
     for k in keys:
@@ -233,14 +233,28 @@ def pair_services(plan: HostPlan, src: PortPlan | None, dst: PortPlan, family: i
     return out
 
 
+def _every_sport(dports: IntervalSet, boxes: Sequence[Box]) -> bool:
+    """Is every allowed destination port allowed from every source port? Boxes that
+    already have every source port usually answer it; exact coverage decides the rest."""
+    whole = IntervalSet()
+    for b in boxes:
+        if b[0] == FULL_PORTS and b[2] == FULL_BOX[2] and b[3] == FULL_BOX[3]:
+            whole = whole | b[1]
+    return whole.covers(dports) or covered((FULL_PORTS, dports, FULL_BOX[2], FULL_BOX[3]),
+                                           boxes)
+
+
 def services_text(sv: Services) -> str:
-    """``any`` / ``tcp 22,80-90; icmp`` for a services map (empty entries = not allowed)."""
+    """``any`` / ``tcp 22,80-90; icmp`` for a services map (empty entries = not allowed).
+
+    Depends only on the set of packets each entry's boxes cover (and on which protocols
+    the map names), never on how that set is cut into boxes."""
     from portwall.model.protocols import PORT_PROTOCOLS, protocol_name
 
     live = {k: v for k, v in sv.items() if v}
     if not live:
         return "nothing"
-    if len(live) == len(sv) and all(covered(_FULL_BOX, v) for v in live.values()):
+    if len(live) == len(sv) and all(covered(FULL_BOX, v) for v in live.values()):
         return "any"
     parts = []
     for k in sorted(live, key=lambda k: (k == OTHER, k)):
@@ -255,14 +269,16 @@ def services_text(sv: Services) -> str:
                 dports = dports | b[1]
             text = name if dports == FULL_PORTS else name + " " + ",".join(
                 str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in dports.spans)
-            if not any(b[0] == FULL_PORTS for b in boxes):
+            # exact, not "some box has every source port": a drop of one source port
+            # (the DHCP server replies) splits boxes without restricting anything else
+            if not _every_sport(dports, boxes):
                 text += " (from some source ports only)"
             parts.append(text)
         else:
             types = IntervalSet()
             for b in boxes:
                 types = types | b[2]
-            if types == _FULL_BOX[2]:
+            if types == FULL_BOX[2]:
                 parts.append(name)
             else:  # e.g. only neighbour discovery (ICMPv6 135/136) from the fixed rules
                 parts.append(f"{name} type " + ",".join(

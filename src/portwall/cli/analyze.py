@@ -153,9 +153,10 @@ def _print_audit(findings: list[Finding], mat: list[MatrixRow] | None) -> None:
         if f.fix:
             con.print(Text(f"  fix: {f.fix}", style="yellow"))
     if mat is not None:
-        con.print(Text("\nreachability (who can open connections to whom)", style="bold"))
-        for row in mat:
-            con.print(f"  {row.text()}")
+        con.print(Text("\nreachability (who can open connections to whom; {a, b} -> {c, d}:"
+                       " each of a, b to each other port of c, d)", style="bold"))
+        if mat:  # one write: rich's per-call cost dominated at tens of thousands of rows
+            click.echo("\n".join(f"  {row.text()}" for row in mat))
     counts = {sev: sum(f.severity == sev for f in findings) for sev in reversed(SEVERITIES)}
     summary = ", ".join(f"{n} {sev}" for sev, n in counts.items() if n)
     con.print(Text(f"\n{len(findings)} findings" + (f" ({summary})" if summary else ""),
