@@ -45,7 +45,7 @@ from portwall.model.resources import (
 )
 from portwall.model.store import Model, stable_ids
 from portwall.topology.lab import parse_lab
-from portwall.topology.locate import SourceMap
+from portwall.topology.locate import SAFE_LOADER, SourceMap
 from portwall.topology.spec import VM, Expect, LabSpec, Route, Topology, TopologyError
 
 __all__ = [
@@ -98,7 +98,7 @@ def loads_topology(text: str, path: str = "<string>") -> Topology:
     (``*.json``) or YAML."""
     is_json = path.endswith(".json")
     try:
-        doc = json.loads(text) if is_json else yaml.safe_load(text)
+        doc = json.loads(text) if is_json else yaml.load(text, Loader=SAFE_LOADER)
     except json.JSONDecodeError as e:
         raise TopologyError(f"not valid JSON: {e.msg} (column {e.colno})", path=path,
                             line=e.lineno, location="file") from None

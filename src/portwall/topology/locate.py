@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
+#: libyaml's loader when PyYAML was built with it (10x faster on big files), else PyYAML's.
+SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @dataclass(frozen=True)
 class DuplicateKey:
@@ -33,7 +36,7 @@ class SourceMap:
         try:
             # Tabs are legal JSON whitespace but not YAML indentation; spaces keep columns'
             # lines unchanged, which is all the index needs.
-            node = yaml.compose(text.replace("\t", " "))
+            node = yaml.compose(text.replace("\t", " "), Loader=SAFE_LOADER)
         except yaml.YAMLError:
             return out  # the real parser reports the syntax error with its own line
         if node is not None:
