@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import workload  # bench/workload.py: the shared synthetic deployment
+import workload  # bench/workload.py (bench/ is on sys.path when run as a script)
 
 from portwall.apply import IptablesApplier
 from portwall.ir.compile import PlanCompiler, compile_plan

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import workload  # bench/workload.py: the shared synthetic deployment
+import workload  # bench/workload.py (bench/ is on sys.path when run as a script)
 
 from portwall.ir import compile_plan
 from portwall.ir.types import HostPlan

@@ -111,11 +111,13 @@ BACKENDS = {
 
 
 def _bench_plan(n_ports: int) -> HostPlan:
-    spec = importlib.util.spec_from_file_location("pw_bench_compile", ROOT / "bench" / "compile.py")
+    """The benchmarks' synthetic workload (bench/workload.py), small and dual-stack."""
+    spec = importlib.util.spec_from_file_location("pw_bench_workload",
+                                                  ROOT / "bench" / "workload.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return compile_plan(mod.build_model(n_ports, groups=3, dual_stack=True))
+    return compile_plan(mod.Workload(n_ports, groups=3, pairs=2, dual_stack=True).m)
 
 
 def _plan(source: str) -> HostPlan:
