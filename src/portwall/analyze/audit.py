@@ -42,7 +42,8 @@ from portwall.analyze.reach import (
     full_space,
 )
 from portwall.analyze.redundancy import redundant_rules
-from portwall.ir.compile import gc_paused, zone_for
+from portwall.bulk import gc_paused
+from portwall.ir.compile import zone_for
 from portwall.ir.types import (
     AddressSet,
     HostPlan,

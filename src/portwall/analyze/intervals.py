@@ -136,22 +136,6 @@ class IntervalSet:
         """Is every integer of ``other`` in this set?"""
         return not other.subtract(self)
 
-    def to_networks(self, bits: int) -> list[IPNetwork]:
-        """The minimal list of CIDRs that exactly covers this set (for messages); values
-        beyond the address space (audit's symbolic members) are left out."""
-        top = 2**bits - 1
-        out: list[IPNetwork] = []
-        for lo, hi in self.spans:
-            if lo > top:
-                continue
-            if bits == 32:
-                out.extend(ipaddress.summarize_address_range(
-                    ipaddress.IPv4Address(lo), ipaddress.IPv4Address(min(hi, top))))
-            else:
-                out.extend(ipaddress.summarize_address_range(
-                    ipaddress.IPv6Address(lo), ipaddress.IPv6Address(min(hi, top))))
-        return out
-
 
 Box = tuple[IntervalSet, ...]
 

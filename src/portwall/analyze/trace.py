@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from portwall.analyze.describe import match_label, member_label, rule_label
+from portwall.analyze.describe import member_label, rule_label
 from portwall.analyze.evaluate import (
     DirectionResult,
     HopResult,
@@ -585,6 +585,3 @@ def trace(topo: Topology, plan: HostPlan, src: str, dst: str, proto: str | int,
     """Convenience: one trace over a loaded topology and its compiled plan."""
     return Tracer.for_topology(topo, plan).trace(src, dst, proto, **kw)
 
-
-def match_text(plan: HostPlan, rule: Rule) -> str:
-    return match_label(plan, rule.match)

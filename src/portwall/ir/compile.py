@@ -7,13 +7,12 @@ the evaluator inherit the same semantics.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from portwall.bulk import cached_build
 from portwall.ir.types import (
     Action,
     AddressSet,
@@ -40,8 +39,6 @@ from portwall.model.resources import Port, SecurityGroup, SecurityGroupRule
 from portwall.model.store import Model
 
 ICMPV6 = 58
-V4_ANY = ipaddress.ip_network("0.0.0.0/0")
-V6_ANY = ipaddress.ip_network("::/0")
 V4_BROADCAST = ipaddress.ip_network("255.255.255.255/32")
 V4_UNSPEC = ipaddress.ip_network("0.0.0.0/32")
 V6_UNSPEC = ipaddress.ip_network("::/128")
@@ -289,22 +286,6 @@ def _fallback(port: Port, direction: str) -> list[Rule]:
     ]
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building a large plan or ruleset.
-
-    Both create hundreds of thousands of small acyclic objects (freed by reference counting
-    anyway); each allocation burst triggers full collections that walk every live object,
-    which doubled compile and render time at 10,000 ports."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def compile_plan(model: Model, host: str | None = None) -> HostPlan:
     """The IR for the ports bound to ``host`` (every port when None).
 
@@ -387,12 +368,8 @@ class PlanCompiler:
 
     def compile(self, model: Model) -> HostPlan:
         """The plan for the model as it is now (see :func:`compile_plan`)."""
-        with gc_paused():
-            try:
-                return self._compile(model)
-            except BaseException:
-                self._reset()  # never reuse caches a failed compile left half-updated
-                raise
+        with cached_build(self._reset):
+            return self._compile(model)
 
     # ----------------------------------------------------------------- ports
     def _sync_ports(self, model: Model) -> None:

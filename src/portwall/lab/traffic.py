@@ -44,11 +44,6 @@ def probe(vm: VMState, proto: str, target: str, port: int | None = None,
     return "deny", "timeout"
 
 
-def reachable(vm: VMState, proto: str, target: str, port: int | None = None,
-              timeout: float = DEFAULT_TIMEOUT, sport: int | None = None) -> bool:
-    return probe(vm, proto, target, port, timeout, sport)[0] == "allow"
-
-
 class Server:
     """An echo server in a VM that records what reached it (``udp PORT SRC`` lines)."""
 

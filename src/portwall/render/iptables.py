@@ -38,7 +38,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from portwall.ir.compile import gc_paused
+from portwall.bulk import cached_build
 from portwall.ir.types import (
     Action,
     AddressSet,
@@ -326,12 +326,8 @@ class IptablesRenderer:
 
     def render(self, plan: HostPlan) -> IptablesRuleset:
         """The whole iptables + ipset state for ``plan`` (see :func:`render_iptables`)."""
-        with gc_paused():
-            try:
-                return self._render(plan)
-            except BaseException:
-                self._reset()  # never reuse caches a failed render left half-updated
-                raise
+        with cached_build(self._reset):
+            return self._render(plan)
 
     # --------------------------------------------------------------- caches
     def _sync_sets(self, plan: HostPlan) -> None:
