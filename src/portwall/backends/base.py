@@ -18,9 +18,9 @@ adds a package and one line in the registry; it touches no other backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from portwall.ir.types import HostPlan, Origin
 from portwall.model.errors import PortwallError
@@ -108,13 +108,15 @@ class Renderer(Protocol):
 
 
 class Applier(Protocol):
-    """Makes one namespace match a ruleset. Keep one per namespace (it caches kernel state)."""
+    """Makes one namespace match a ruleset. Keep one per namespace (it caches kernel state).
 
-    def apply(self, ruleset: Ruleset, plan: HostPlan | None = None) -> ApplyReport:
+    ``ruleset`` is typed ``Any`` because each applier takes only its own backend's Ruleset."""
+
+    def apply(self, ruleset: Any, plan: HostPlan | None = None) -> ApplyReport:
         """Atomic and incremental; with ``plan``, cuts connections it no longer allows."""
         ...
 
-    def drift(self, ruleset: Ruleset) -> list[str]:
+    def drift(self, ruleset: Any) -> list[str]:
         """Human-readable differences between the kernel and ``ruleset`` ([] when in sync)."""
         ...
 
@@ -129,22 +131,14 @@ class Applier(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-class RendererFactory(Protocol):
-    def __call__(self) -> Renderer: ...
-
-
-class ApplierFactory(Protocol):
-    def __call__(self, netns: str | None) -> Applier: ...
-
-
 @dataclass(frozen=True)
 class Backend:
     """A registered dataplane: its name, a one-line description and two factories."""
 
     name: str
     description: str
-    renderer: RendererFactory
-    applier: ApplierFactory
+    renderer: Callable[[], Renderer]  # a fresh (incremental) renderer
+    applier: Callable[[str | None], Applier]  # an applier for one namespace
 
     def render(self, plan: HostPlan) -> Ruleset:
         """One-shot render (a fresh renderer, no cache)."""

@@ -1,0 +1,80 @@
+"""iptables + ipset backend (adapter over :mod:`portwall.render.iptables` and
+:mod:`portwall.apply.iptables` until those modules move into this package)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from portwall.apply.iptables import IptablesApplier as _Applier
+from portwall.apply.iptables import origins
+from portwall.backends.base import ApplyReport, Backend
+from portwall.ir.types import HostPlan, Origin
+from portwall.render.iptables import IptablesRenderer as _Renderer
+from portwall.render.iptables import ipset_restore_text, restore_text
+from portwall.render.iptables_types import IptablesRuleset
+
+
+@dataclass
+class Ruleset:
+    backend = "iptables"
+    inner: IptablesRuleset
+    _origins: dict[str, Origin] = field(default_factory=dict)
+
+    def provenance(self) -> Mapping[str, Origin]:
+        return self._origins
+
+    def counts(self) -> dict[str, int]:
+        rules = sum(len(c.rules) for fam in self.inner.tables.values()
+                    for t in fam.values() for c in t.chains.values())
+        chains = sum(len(t.chains) for fam in self.inner.tables.values() for t in fam.values())
+        return {"rules": rules, "chains": chains, "sets": len(self.inner.ipsets),
+                "set_elements": sum(len(s.members) for s in self.inner.ipsets.values())}
+
+    def sections(self) -> list[tuple[str, str]]:
+        return [("ipset restore -exist", ipset_restore_text(self.inner)),
+                ("iptables-restore --noflush", restore_text(self.inner, 4)),
+                ("ip6tables-restore --noflush", restore_text(self.inner, 6))]
+
+
+class Renderer:
+    def __init__(self) -> None:
+        self._r = _Renderer()
+
+    def render(self, plan: HostPlan) -> Ruleset:
+        return Ruleset(self._r.render(plan), origins(plan))
+
+
+class Applier:
+    def __init__(self, netns: str | None) -> None:
+        self._a = _Applier(netns)
+
+    def apply(self, ruleset: Ruleset, plan: HostPlan | None = None) -> ApplyReport:
+        r = self._a.apply(ruleset.inner, plan)
+        return ApplyReport(
+            "iptables", noop=r.noop, seconds=r.seconds,
+            changes={"chains_written": r.chains_written, "chains_deleted": r.chains_deleted,
+                     "sets_created": r.sets_created, "sets_deleted": r.sets_deleted,
+                     "set_elements_added": r.set_entries_added,
+                     "set_elements_removed": r.set_entries_removed},
+            conntrack_checked=r.conntrack_checked, conntrack_deleted=r.conntrack_deleted,
+            timings=r.timings, write_commands=r.write_commands, warnings=r.warnings)
+
+    def drift(self, ruleset: Ruleset) -> list[str]:
+        return self._a.drift(ruleset.inner)
+
+    def remove_all(self) -> None:
+        self._a.remove_all()
+
+    def close(self) -> None:
+        self._a.close()
+
+    def __enter__(self) -> Applier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+BACKEND = Backend("iptables", "iptables-nft + ipset, one chain per security group",
+                  Renderer, Applier)
