@@ -139,6 +139,9 @@ class Backend:
     description: str
     renderer: Callable[[], Renderer]  # a fresh (incremental) renderer
     applier: Callable[[str | None], Applier]  # an applier for one namespace
+    #: what the lab must build for this backend's ports: Linux bridges ("linux") or an
+    #: Open vSwitch integration bridge ("ovs")
+    bridge: str = "linux"
 
     def render(self, plan: HostPlan) -> Ruleset:
         """One-shot render (a fresh renderer, no cache)."""
