@@ -40,17 +40,17 @@ from typing import Any
 
 import workload  # bench/workload.py (bench/ is on sys.path when run as a script)
 
-from portwall.apply import IptablesApplier
-from portwall.ir.compile import PlanCompiler, compile_plan
-from portwall.ir.types import HostPlan
-from portwall.lab import netns
-from portwall.render.iptables import (
+from portwall.backends.iptables.apply import IptablesApplier
+from portwall.backends.iptables.render import (
     IptablesRenderer,
     ipset_restore_text,
     render_iptables,
     restore_text,
 )
-from portwall.render.iptables_types import IptablesRuleset
+from portwall.backends.iptables.types import IptablesRuleset
+from portwall.ir.compile import PlanCompiler, compile_plan
+from portwall.ir.types import HostPlan
+from portwall.lab import netns
 
 PEER_DIR = Path("/work/shared/peer/neutron")
 PEER_VENV = Path(os.environ.get("NEUTRON_PEER_VENV", "/opt/neutron-peer-venv"))

@@ -26,11 +26,11 @@ from typing import TypeVar
 
 import workload  # bench/workload.py (bench/ is on sys.path when run as a script)
 
+from portwall.backends.iptables.render import render_iptables
+from portwall.backends.iptables.types import IptablesRuleset
 from portwall.ir import compile_plan
 from portwall.ir.types import HostPlan
 from portwall.model.store import Model, stable_ids
-from portwall.render.iptables import render_iptables
-from portwall.render.iptables_types import IptablesRuleset
 
 T = TypeVar("T")
 

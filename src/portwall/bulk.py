@@ -26,7 +26,7 @@ def gc_paused() -> Iterator[None]:
 @contextlib.contextmanager
 def cached_build(reset: Callable[[], None]) -> Iterator[None]:
     """One incremental build (:class:`~portwall.ir.compile.PlanCompiler`,
-    :class:`~portwall.render.iptables.IptablesRenderer`): GC paused, and on any failure the
+    :class:`~portwall.backends.iptables.render.IptablesRenderer`): GC paused, and on any failure the
     caches are dropped, so a half-updated cache is never reused."""
     with gc_paused():
         try:

@@ -16,13 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
-from portwall.apply import ApplyError, IptablesApplier
-from portwall.apply.ipset import temp_name
-from portwall.ir import compile_plan
-from portwall.ir.types import HostPlan
-from portwall.lab import netns
-from portwall.model import Model, stable_ids
-from portwall.render.iptables import (
+from portwall.backends.iptables.apply import ApplyError, IptablesApplier
+from portwall.backends.iptables.ipset import temp_name
+from portwall.backends.iptables.render import (
     egress_chain,
     group_chain,
     ingress_chain,
@@ -30,7 +26,11 @@ from portwall.render.iptables import (
     set_name,
     spoof_chain,
 )
-from portwall.render.iptables_types import Chain, IpFamily, IptablesRuleset
+from portwall.backends.iptables.types import Chain, IpFamily, IptablesRuleset
+from portwall.ir import compile_plan
+from portwall.ir.types import HostPlan
+from portwall.lab import netns
+from portwall.model import Model, stable_ids
 
 pytestmark = [
     pytest.mark.e2e,

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from portwall.apply import IptablesApplier
-from portwall.apply.conntrack import list_entries
-from portwall.apply.kernel import Runner
+from portwall.backends.iptables.apply import IptablesApplier
+from portwall.backends.iptables.render import render_iptables
 from portwall.ir import compile_plan
 from portwall.ir.types import HostPlan
+from portwall.kernel.conntrack import list_entries
+from portwall.kernel.runner import Runner
 from portwall.lab import netns
 from portwall.model import Model, stable_ids
-from portwall.render.iptables import render_iptables
 
 pytestmark = [
     pytest.mark.e2e,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from portwall.backends.iptables.render import ipset_restore_text, render_iptables, restore_text
+from portwall.backends.iptables.types import IptablesRuleset
 from portwall.ir import compile_plan
 from portwall.ir.types import HostPlan
 from portwall.lab import netns
-from portwall.render.iptables import ipset_restore_text, render_iptables, restore_text
-from portwall.render.iptables_types import IptablesRuleset
 from portwall.topology import loads_topology
 
 ROOT = Path(__file__).resolve().parents[2]

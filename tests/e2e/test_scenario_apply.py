@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from portwall.backends.iptables.render import ingress_chain
 from portwall.ir import compile_plan
 from portwall.lab.harness import Lab
 from portwall.lab.traffic import Server, finish, stream
 from portwall.model.store import Model
-from portwall.render.iptables import ingress_chain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

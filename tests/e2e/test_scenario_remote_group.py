@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from portwall.backends.iptables.render import egress_chain, group_chain, ingress_chain, spoof_chain
 from portwall.ir import compile_plan
 from portwall.lab.harness import Lab
 from portwall.lab.traffic import Server, Session
-from portwall.render.iptables import egress_chain, group_chain, ingress_chain, spoof_chain
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

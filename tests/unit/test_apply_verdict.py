@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from portwall.apply.conntrack import CtEntry, PlanVerdict, delete_args, parse_conntrack
-from portwall.apply.iptables import origins
-from portwall.apply.report import ApplyError
+from portwall.backends.iptables.apply import origins
+from portwall.backends.iptables.report import ApplyError
 from portwall.ir import compile_plan
 from portwall.ir.types import OriginKind
+from portwall.kernel.conntrack import CtEntry, PlanVerdict, delete_args, parse_conntrack
 from portwall.model import Model, stable_ids
 
 LISTING = """\

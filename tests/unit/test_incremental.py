@@ -22,20 +22,20 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from portwall.ir import compile as ir_compile
-from portwall.ir.compile import PlanCompiler, compile_plan
-from portwall.ir.types import HostPlan
-from portwall.model.errors import PortwallError
-from portwall.model.store import Model, stable_ids
-from portwall.render import iptables as r_ipt
-from portwall.render.iptables import (
+from portwall.backends.iptables import render as r_ipt
+from portwall.backends.iptables.render import (
     IptablesRenderer,
     RenderError,
     ipset_restore_text,
     render_iptables,
     restore_text,
 )
-from portwall.render.iptables_types import IptablesRuleset
+from portwall.backends.iptables.types import IptablesRuleset
+from portwall.ir import compile as ir_compile
+from portwall.ir.compile import PlanCompiler, compile_plan
+from portwall.ir.types import HostPlan
+from portwall.model.errors import PortwallError
+from portwall.model.store import Model, stable_ids
 
 HOST = "h1"
 HOSTS = (HOST, "h2")

@@ -13,19 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from portwall.ir import compile_plan
-from portwall.ir.types import (
-    Action,
-    CtState,
-    HostPlan,
-    Match,
-    PortPlan,
-    PortRange,
-    Rule,
-    SetRef,
-)
-from portwall.model.store import Model, stable_ids
-from portwall.render.iptables import (
+from portwall.backends.iptables.render import (
     CHAIN_NAME_MAX,
     DISPATCH_CHAIN,
     FORWARD_CHAIN,
@@ -44,7 +32,19 @@ from portwall.render.iptables import (
     set_name,
     spoof_chain,
 )
-from portwall.render.iptables_types import IptablesRuleset
+from portwall.backends.iptables.types import IptablesRuleset
+from portwall.ir import compile_plan
+from portwall.ir.types import (
+    Action,
+    CtState,
+    HostPlan,
+    Match,
+    PortPlan,
+    PortRange,
+    Rule,
+    SetRef,
+)
+from portwall.model.store import Model, stable_ids
 from portwall.topology import loads_topology
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -47,7 +47,7 @@ def render_cmd(file: str, host: str | None, backend: str, ipv6: bool, show_ipset
     The output is `ipset restore` input followed by `iptables-restore` (or, with --ipv6,
     `ip6tables-restore`) input; the same file always renders byte-identically.
     """
-    from portwall.render.iptables import ipset_restore_text, render_iptables, restore_text
+    from portwall.backends.iptables.render import ipset_restore_text, render_iptables, restore_text
 
     topo = load_or_exit(file)
     plan = compile_plan(topo.model, host=host)

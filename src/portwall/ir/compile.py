@@ -345,7 +345,7 @@ class PlanCompiler:
     (one port's steps, one group's rules, one address set) instead of recompiling every
     port. The result is always equal to a fresh :func:`compile_plan` of the same model, and
     unchanged parts are the *same objects* as in the previous plan, so the renderer
-    (:class:`portwall.render.iptables.IptablesRenderer`) can cache by identity too.
+    (:class:`portwall.backends.iptables.render.IptablesRenderer`) can cache by identity too.
     """
 
     def __init__(self, host: str | None = None) -> None:

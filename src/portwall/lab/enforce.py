@@ -1,7 +1,7 @@
 """The one seam between the lab and the dataplane: render a plan and make the host match it.
 
 The lab never writes rules itself. It hands the compiled plan to the iptables renderer and
-the result to :class:`portwall.apply.IptablesApplier` (atomic, incremental, conntrack
+the result to :class:`portwall.backends.iptables.apply.IptablesApplier` (atomic, incremental, conntrack
 clean-up), inside the sandbox's host namespace only.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from portwall.apply import ApplyReport, IptablesApplier
+from portwall.backends.iptables.apply import IptablesApplier, IptablesReport
+from portwall.backends.iptables.render import render_iptables
 from portwall.ir.types import HostPlan
-from portwall.render.iptables import render_iptables
 
 
 @dataclass
@@ -21,7 +21,7 @@ class PolicyReport:
     backend: str
     changed: bool
     summary: str
-    detail: ApplyReport
+    detail: IptablesReport
 
     def __str__(self) -> str:
         return self.summary

@@ -1,18 +1,18 @@
-"""iptables + ipset backend (adapter over :mod:`portwall.render.iptables` and
-:mod:`portwall.apply.iptables` until those modules move into this package)."""
+"""iptables + ipset backend (adapter over :mod:`portwall.backends.iptables.render` and
+:mod:`portwall.backends.iptables.apply` until those modules move into this package)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from portwall.apply.iptables import IptablesApplier as _Applier
-from portwall.apply.iptables import origins
 from portwall.backends.base import ApplyReport, Backend
+from portwall.backends.iptables.apply import IptablesApplier as _Applier
+from portwall.backends.iptables.apply import origins
+from portwall.backends.iptables.render import IptablesRenderer as _Renderer
+from portwall.backends.iptables.render import ipset_restore_text, restore_text
+from portwall.backends.iptables.types import IptablesRuleset
 from portwall.ir.types import HostPlan, Origin
-from portwall.render.iptables import IptablesRenderer as _Renderer
-from portwall.render.iptables import ipset_restore_text, restore_text
-from portwall.render.iptables_types import IptablesRuleset
 
 
 @dataclass

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from portwall.render.iptables_types import PREFIX
+from portwall.backends.iptables.types import PREFIX
 
 #: ipsets portwall owns: ``pw4-...``/``pw6-...`` from the renderer, ``pwt-...`` temporaries
 #: of a swap, ``pw-...`` for anything else portwall may name. Everything else is foreign.

@@ -38,6 +38,16 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from portwall.backends.iptables.types import (
+    PREFIX,
+    SET_PREFIX,
+    Chain,
+    Hook,
+    IpFamily,
+    IpSet,
+    IptablesRuleset,
+    Table,
+)
 from portwall.bulk import cached_build
 from portwall.ir.types import (
     Action,
@@ -56,16 +66,6 @@ from portwall.ir.types import (
     SetRef,
     SpoofCheck,
     SpoofEntry,
-)
-from portwall.render.iptables_types import (
-    PREFIX,
-    SET_PREFIX,
-    Chain,
-    Hook,
-    IpFamily,
-    IpSet,
-    IptablesRuleset,
-    Table,
 )
 
 # Mark bits portwall owns. SEEN: a portwall port chain handled the packet (pw-sg accepts

@@ -16,8 +16,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from portwall.apply.snapshot import SetState, canonical_member, owns_set
-from portwall.render.iptables_types import IpSet
+from portwall.backends.iptables.snapshot import SetState, canonical_member, owns_set
+from portwall.backends.iptables.types import IpSet
 
 #: More changes than this (or than SWAP_FRACTION of the set) load a new set and swap it in.
 SWAP_MIN_CHANGES = 32

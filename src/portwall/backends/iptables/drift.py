@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from portwall.apply.snapshot import (
+from portwall.backends.iptables.snapshot import (
     FamilyState,
     SetState,
     canonical_member,
     canonical_spec,
     is_hook,
 )
-from portwall.render.iptables_types import Chain, IptablesRuleset
+from portwall.backends.iptables.types import Chain, IptablesRuleset
 
 #: At most this many example lines/members per message.
 EXAMPLES = 3

@@ -24,12 +24,11 @@ import time
 from collections.abc import Mapping
 from typing import cast
 
-from portwall.apply import conntrack as ct
-from portwall.apply.drift import describe_drift
-from portwall.apply.ipset import SetConflict, SetPlan, destroy_script, plan_sets
-from portwall.apply.kernel import Job, NftGeneration, Result, Runner
-from portwall.apply.report import ApplyError, ApplyReport
-from portwall.apply.snapshot import (
+from portwall.backends.iptables import render as rnames
+from portwall.backends.iptables.drift import describe_drift
+from portwall.backends.iptables.ipset import SetConflict, SetPlan, destroy_script, plan_sets
+from portwall.backends.iptables.report import ApplyError, IptablesReport
+from portwall.backends.iptables.snapshot import (
     FamilyState,
     SetState,
     comment_of,
@@ -38,10 +37,8 @@ from portwall.apply.snapshot import (
     parse_ipset_save,
     parse_save,
 )
-from portwall.apply.transaction import FamilyScript, SourceLine, plan_family
-from portwall.ir.types import HostPlan, Jump, Origin, OriginKind, Rule, SetRef, SpoofCheck
-from portwall.render import iptables as rnames
-from portwall.render.iptables_types import (
+from portwall.backends.iptables.transaction import FamilyScript, SourceLine, plan_family
+from portwall.backends.iptables.types import (
     Chain,
     Hook,
     IpFamily,
@@ -50,6 +47,9 @@ from portwall.render.iptables_types import (
     Table,
     TableName,
 )
+from portwall.ir.types import HostPlan, Jump, Origin, OriginKind, Rule, SetRef, SpoofCheck
+from portwall.kernel import conntrack as ct
+from portwall.kernel.runner import Job, NftGeneration, Result, Runner
 
 FAMILIES: tuple[int, int] = (4, 6)
 _LINE = re.compile(r"line:? (\d+)")
@@ -173,10 +173,10 @@ class IptablesApplier:
         return describe_drift(ruleset, tables, self._read_sets())
 
     # ------------------------------------------------------------------ writing
-    def apply(self, ruleset: IptablesRuleset, plan: HostPlan | None = None) -> ApplyReport:
+    def apply(self, ruleset: IptablesRuleset, plan: HostPlan | None = None) -> IptablesReport:
         """Make the kernel match ``ruleset``; see the module docstring for the order."""
         t0 = time.perf_counter()
-        rep = ApplyReport()
+        rep = IptablesReport()
         self.runner.writes.clear()
         _validate(ruleset)
         tables, rep.cached_read = self._read_tables(fresh=False)
@@ -258,7 +258,7 @@ class IptablesApplier:
         return zones
 
     @staticmethod
-    def _fill_counts(rep: ApplyReport, scripts: Mapping[int, FamilyScript], sp: SetPlan) -> None:
+    def _fill_counts(rep: IptablesReport, scripts: Mapping[int, FamilyScript], sp: SetPlan) -> None:
         for fam, script in scripts.items():
             for t in script.tables:
                 rep.written += [(fam, t.table, c) for c in t.written]
@@ -425,7 +425,7 @@ def _in_sync(ruleset: IptablesRuleset, family: int,
 
 def _validate(ruleset: IptablesRuleset) -> None:
     """Refuse to write anything outside portwall's namespace of names."""
-    from portwall.apply.snapshot import owns_set
+    from portwall.backends.iptables.snapshot import owns_set
 
     for fam, tables in ruleset.tables.items():
         for tname, table in tables.items():
@@ -442,4 +442,4 @@ def _validate(ruleset: IptablesRuleset) -> None:
             raise ApplyError(f"ipset {name} is not portwall's (names must start with pw4-/pw6-)")
 
 
-__all__ = ["ApplyError", "ApplyReport", "IptablesApplier", "origins"]
+__all__ = ["ApplyError", "IptablesApplier", "IptablesReport", "origins"]

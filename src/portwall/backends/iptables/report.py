@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from portwall.ir.types import Origin
-from portwall.model.errors import PortwallError
+from portwall.backends.base import ApplyError
 
 
 @dataclass
-class ApplyReport:
+class IptablesReport:
     """Counts of what one :meth:`IptablesApplier.apply` changed in the kernel.
 
     ``sets_updated`` counts existing sets whose members changed, in place or by a swap
@@ -51,43 +50,4 @@ class ApplyReport:
         )
 
 
-class ApplyError(PortwallError):
-    """The kernel refused part of a ruleset. Names the failing line, its rule id (the
-    comment portwall wrote) and, when the plan was given, the resource behind it."""
-
-    status = 500
-    neutron_type = "ApplyError"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        command: str = "",
-        line: str | None = None,
-        line_no: int | None = None,
-        chain: str | None = None,
-        rid: str | None = None,
-        origin: Origin | None = None,
-        stderr: str = "",
-        rolled_back: bool = False,
-    ) -> None:
-        parts = [message]
-        if line is not None:
-            parts.append(f"line {line_no}: {line}" if line_no else f"line: {line}")
-        if rid is not None:
-            parts.append(f"rule id {rid}")
-        if origin is not None:
-            name = f" '{origin.resource_name}'" if origin.resource_name else ""
-            detail = f" ({origin.detail})" if origin.detail else ""
-            parts.append(f"from {origin.resource_type} {origin.resource_id}{name}{detail}")
-        if stderr:
-            parts.append(f"{command or 'kernel'} said: {stderr.strip()}")
-        super().__init__("; ".join(parts), resource="apply")
-        self.command = command
-        self.line = line
-        self.line_no = line_no
-        self.chain = chain
-        self.rid = rid
-        self.origin = origin
-        self.stderr = stderr
-        self.rolled_back = rolled_back
+__all__ = ["ApplyError", "IptablesReport"]

@@ -15,8 +15,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
-from portwall.apply.snapshot import FamilyState, TableState, canonical_spec, is_hook
-from portwall.render.iptables_types import Chain, Table, TableName
+from portwall.backends.iptables.snapshot import FamilyState, TableState, canonical_spec, is_hook
+from portwall.backends.iptables.types import Chain, Table, TableName
 
 #: Tables in the order they are committed (a table commit is the unit of atomicity).
 #: filter first: measured ~25% faster for a full load than raw first with iptables-nft.

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from portwall.analyze.evaluate import IPAddress, Packet, evaluate_hop, spoof_entry_for
-from portwall.apply.kernel import Runner
 from portwall.ir.types import HostPlan, PortPlan
+from portwall.kernel.runner import Runner
 from portwall.model.protocols import ICMP_PROTOCOLS, PORT_PROTOCOLS
 
 
