@@ -45,3 +45,21 @@ def make_netns() -> Iterator[Callable[[str], str]]:
 def host_ns(make_netns: Callable[[str], str]) -> str:
     """One throw-away "compute host" namespace."""
     return make_netns("pwt-host")
+
+
+def selected_backends() -> list[str]:
+    """Backends the end-to-end suite runs on: every registered one, or the comma-separated
+    list in ``PORTWALL_BACKENDS`` (e.g. ``PORTWALL_BACKENDS=nftables pytest tests/e2e``)."""
+    from portwall import backends
+
+    want = os.environ.get("PORTWALL_BACKENDS", "")
+    chosen = [b.strip() for b in want.split(",") if b.strip()] or backends.names()
+    for name in chosen:
+        backends.get(name)  # an unknown name fails the run loudly, never silently skips
+    return chosen
+
+
+@pytest.fixture(params=selected_backends())
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Parametrises a test over every dataplane backend: same assertions on each."""
+    return str(request.param)

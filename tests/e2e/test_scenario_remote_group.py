@@ -62,7 +62,7 @@ def test_membership_change_rewrites_the_set_not_the_rules(lab: Lab) -> None:
         assert not box.reach("c1", "db1", "tcp", 5432)
 
         report = box.update(lambda m: m.update_port("c1-port", {"security_groups": ["plain", "web"]}))
-        rep = report.policy.detail if report.policy else None
+        rep = report.policy.detail.native if report.policy else None
         assert rep is not None and rep.set_entries_added == 1, rep
         written = {chain for _, _, chain in rep.written}
         assert written <= own_chains, f"rewrote more than c1's own chains: {written - own_chains}"
@@ -72,7 +72,7 @@ def test_membership_change_rewrites_the_set_not_the_rules(lab: Lab) -> None:
         with Session(box.vm("c1"), box.ip("db1"), 5432) as s:
             assert s.connected and s.send()
             report = box.update(lambda m: m.update_port("c1-port", {"security_groups": ["plain"]}))
-            rep = report.policy.detail if report.policy else None
+            rep = report.policy.detail.native if report.policy else None
             assert rep is not None and rep.set_entries_removed == 1
             assert not s.send(), "leaving the remote group must cut the open connection"
         assert not box.reach("c1", "db1", "tcp", 5432)

@@ -38,7 +38,7 @@ def test_db_follows_membership_of_group_web(lab: Lab) -> None:
         # the client joins web (keeping its own default group): now a member
         report = box.update(lambda m: m.update_port(
             "client-port", {"security_groups": ["web", "default"]}))
-        assert report.policy is not None and report.policy.detail.set_entries_added >= 1
+        assert report.policy is not None and report.policy.detail.changes["set_elements_added"] >= 1
         assert box.reach("client", "db-1", "tcp", 5432)
         # web-2 leaves web: its address leaves the set
         box.update(lambda m: m.update_port("web-2-port", {"security_groups": ["default"]}))

@@ -44,6 +44,11 @@ class ApplyReport:
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     write_commands: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: what was written ("~ ...") or removed ("- ..."), one short line per object, for people
+    touched: list[str] = field(default_factory=list)
+    #: the backend's own, richer report (tests and debugging may look inside; callers that
+    #: want to stay backend-neutral use the fields above)
+    native: Any = None
 
     def summary(self) -> str:
         if self.noop:

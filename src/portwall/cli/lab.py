@@ -42,11 +42,10 @@ def print_report(report: LabReport, out: Console, chains: int = 12) -> None:
         return
     out.print(f"  policy: {report.policy.summary}")
     rep = report.policy.detail
-    touched = [("~", c) for c in rep.written] + [("-", c) for c in rep.deleted]
-    for mark, (fam, table, chain) in touched[:chains]:
-        out.print(f"    {mark} IPv{fam} {table} {chain}")
-    if len(touched) > chains > 0:
-        out.print(f"    ... and {len(touched) - chains} more chains")
+    for line in rep.touched[:chains]:
+        out.print(f"    {line}")
+    if len(rep.touched) > chains > 0:
+        out.print(f"    ... and {len(rep.touched) - chains} more")
 
 
 def check_table(results: Sequence[CheckResult], title: str = "") -> Table:

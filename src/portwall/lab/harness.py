@@ -80,7 +80,7 @@ class LabBox:
         return self.box.apply(self.topo)
 
     def drift(self) -> list[str]:
-        return policy_drift(self.host_ns, compile_plan(self.topo.model))
+        return policy_drift(self.host_ns, compile_plan(self.topo.model), self.box.state.backend)
 
     def host(self, argv: list[str], check: bool = True) -> str:
         """Run a command in the compute-host namespace (iptables, ipset, conntrack, ...)."""
@@ -93,13 +93,16 @@ class LabBox:
 class Lab:
     """Creates sandboxes and guarantees their removal."""
 
-    def __init__(self, prefix: str = "pwt") -> None:
-        self.prefix = prefix
+    def __init__(self, prefix: str = "pwt", backend: str | None = None) -> None:
+        self.prefix, self.backend = prefix, backend
         self.boxes: list[LabBox] = []
 
-    def up(self, topo: Topology | str | Path, *, apply: bool = True) -> LabBox:
+    def up(self, topo: Topology | str | Path, *, apply: bool = True,
+           backend: str | None = None) -> LabBox:
+        """A sandbox for ``topo`` on ``backend`` (else the Lab's, else the default one)."""
         t = as_topology(topo)
-        box, _ = Sandbox.up(t, netns.unique_name(self.prefix), apply=apply)
+        box, _ = Sandbox.up(t, netns.unique_name(self.prefix), apply=apply,
+                            backend=backend or self.backend)
         lb = LabBox(box, t)
         self.boxes.append(lb)
         return lb

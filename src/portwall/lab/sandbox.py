@@ -26,6 +26,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from portwall import backends
 from portwall.ir import compile_plan
 from portwall.lab import netns
 from portwall.lab import state as st
@@ -100,16 +101,19 @@ class Sandbox:
 
     # -------------------------------------------------------------------- up
     @classmethod
-    def up(cls, topo: Topology, name: str, *, apply: bool = True) -> tuple[Sandbox, LabReport]:
-        """Create a sandbox for ``topo``. On any failure everything created is removed."""
+    def up(cls, topo: Topology, name: str, *, apply: bool = True,
+           backend: str | None = None) -> tuple[Sandbox, LabReport]:
+        """Create a sandbox for ``topo`` enforced by ``backend`` (the default one when None).
+        On any failure everything created is removed."""
         st.check_name(name)
+        backend_name = backends.get(backend).name
         with st.locked(name):
             if st.state_path(name).exists():
                 raise LabError(f"sandbox '{name}' already exists: `portwall lab down --name "
                                f"{name}` first, or `lab apply` to update it")
             sid = _new_id()
             state = SandboxState(name=name, id=sid, topology=_source(topo),
-                                 host_netns=host_netns(sid))
+                                 host_netns=host_netns(sid), backend=backend_name)
             plan = compile_plan(topo.model)
             want = desired_vms(topo, plan, sid)
             # Record every namespace before creating any, so a crash leaves nothing unnamed.
@@ -123,7 +127,7 @@ class Sandbox:
                 for vm in want.values():
                     box._add_vm(vm, report)
                 if apply:
-                    report.policy = apply_policy(state.host_netns, plan)
+                    report.policy = apply_policy(state.host_netns, plan, state.backend)
             except BaseException:
                 _only_in(box.pid)
                 box._teardown()
@@ -271,7 +275,7 @@ class Sandbox:
             self._drop_unused_bridges(report)
             self.state.topology = _source(topo)
             st.save(self.state)
-            report.policy = apply_policy(self.host_ns, plan)
+            report.policy = apply_policy(self.host_ns, plan, self.state.backend)
             for vm_state, port, addr in garp:
                 self._announce(vm_state, port, addr)
             return report
@@ -413,11 +417,12 @@ def _route_args(dst: str, via: str) -> dict[str, object]:
 
 @contextlib.contextmanager
 def sandbox(topo: Topology | str | Path, name: str | None = None, *,
-            apply: bool = True) -> Iterator[Sandbox]:
+            apply: bool = True, backend: str | None = None) -> Iterator[Sandbox]:
     """A sandbox that is always torn down, for tests and the demo."""
     if not isinstance(topo, Topology):
         topo = load_topology(topo)
-    box, _ = Sandbox.up(topo, name or netns.unique_name("pwlab"), apply=apply)
+    box, _ = Sandbox.up(topo, name or netns.unique_name("pwlab"), apply=apply,
+                        backend=backend)
     try:
         yield box
     finally:

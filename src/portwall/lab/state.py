@@ -63,6 +63,7 @@ class SandboxState(BaseModel):
     id: str
     topology: str
     host_netns: str
+    backend: str = "iptables"  # the dataplane backend enforcing this sandbox (by name)
     namespaces: list[str] = Field(default_factory=list)
     bridges: list[str] = Field(default_factory=list)
     vms: dict[str, VMState] = Field(default_factory=dict)

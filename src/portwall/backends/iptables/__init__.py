@@ -58,7 +58,9 @@ class Applier:
                      "set_elements_added": r.set_entries_added,
                      "set_elements_removed": r.set_entries_removed},
             conntrack_checked=r.conntrack_checked, conntrack_deleted=r.conntrack_deleted,
-            timings=r.timings, write_commands=r.write_commands, warnings=r.warnings)
+            timings=r.timings, write_commands=r.write_commands, warnings=r.warnings,
+            touched=[f"~ IPv{f} {t} {c}" for f, t, c in r.written]
+            + [f"- IPv{f} {t} {c}" for f, t, c in r.deleted], native=r)
 
     def drift(self, ruleset: Ruleset) -> list[str]:
         return self._a.drift(ruleset.inner)
