@@ -59,7 +59,20 @@ def selected_backends() -> list[str]:
     return chosen
 
 
-@pytest.fixture(params=selected_backends())
+@pytest.fixture(scope="module", params=selected_backends())
 def backend_name(request: pytest.FixtureRequest) -> str:
-    """Parametrises a test over every dataplane backend: same assertions on each."""
+    """Parametrises a test over every dataplane backend: same assertions on each.
+
+    Module-scoped so that a module's shared sandbox (``scope="module"`` fixtures) can be
+    built once per backend; tests appear as ``test_x[iptables]``, ``test_x[nftables]``..."""
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def backend_bridge(backend_name: str) -> str:
+    """What the lab builds for the backend: "linux" bridges or an "ovs" bridge. Tests that
+    look at Linux-bridge details (``master brq..``, bridge-nf sysctls, the kernel's
+    conntrack table) do so only when this says "linux"."""
+    from portwall import backends
+
+    return backends.get(backend_name).bridge

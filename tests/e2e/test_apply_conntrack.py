@@ -1,175 +1,110 @@
 """Established sessions the new policy no longer allows are cut; allowed ones survive.
 
-Two VM namespaces on a bridge in a "compute host" namespace, real TCP sessions through the
-applied rules, then a removed rule and a removed remote-group member.
+A server VM and a client VM in a lab sandbox on each backend, real TCP sessions through the
+applied policy, then a removed rule and a removed remote-group member. The applier's report
+must say how many connections it checked and cut, and the sessions must behave accordingly.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from portwall.backends.iptables.apply import IptablesApplier
-from portwall.backends.iptables.render import render_iptables
-from portwall.ir import compile_plan
-from portwall.ir.types import HostPlan
+from portwall.backends.base import ApplyReport
 from portwall.kernel.conntrack import list_entries
 from portwall.kernel.runner import Runner
-from portwall.lab import netns
-from portwall.model import Model, stable_ids
+from portwall.lab.harness import Lab, LabBox
+from portwall.lab.sandbox import LabReport
+from portwall.lab.traffic import Server, Session
+from portwall.model.store import Model
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("conntrack") is None
-                       or shutil.which("nc") is None, reason="needs root, conntrack and nc"),
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("conntrack") is None,
+                       reason="needs root and conntrack"),
 ]
 
 CLIENT, SERVER = "10.70.0.11", "10.70.0.12"
 
-
-@dataclass
-class Lab:
-    m: Model
-    host: str
-    vms: dict[str, str]  # port id -> VM namespace
-    client: str  # port ids
-    server: str
-    rule_5002: str
-    clients_group: str
-    other_group: str
-
-    def plan(self) -> HostPlan:
-        return compile_plan(self.m)
+# Server group srv: 5001 from remote group "clients", 5002 from anywhere; the client port
+# is in "clients" (default egress anywhere).
+TOPOLOGY = f"""
+project: apply-ct
+networks:
+  - name: n
+    subnets: [{{name: n-v4, cidr: 10.70.0.0/24}}]
+security_groups:
+  - name: clients
+  - name: other
+  - name: srv
+    security_group_rules:
+      - {{direction: ingress, protocol: tcp, port_range_min: 5001, port_range_max: 5001,
+         remote_group_id: clients}}
+      - {{direction: ingress, protocol: tcp, port_range_min: 5002, port_range_max: 5002}}
+ports:
+  - {{name: client, network_id: n, fixed_ips: [{CLIENT}], security_groups: [clients]}}
+  - {{name: server, network_id: n, fixed_ips: [{SERVER}], security_groups: [srv]}}
+lab:
+  vms:
+    cli: {{ports: [client]}}
+    srv: {{ports: [server]}}
+"""
 
 
 @pytest.fixture
-def lab(make_netns: Callable[[str], str]) -> Iterator[Lab]:
-    """Server port (group srv: 5001 from remote group "clients", 5002 from anywhere) and a
-    client port in group "clients"; VMs wired to the host's bridge by veth pairs."""
-    m = Model(stable_ids("apply-ct-e2e"))
-    net = m.create_network({"name": "n"})
-    m.create_subnet({"network_id": net.id, "cidr": "10.70.0.0/24"})
-    clients = m.create_security_group({"name": "clients"}).id  # default: egress anywhere
-    other = m.create_security_group({"name": "other"}).id
-    srv = m.create_security_group({"name": "srv", "security_group_rules": [
-        {"direction": "ingress", "protocol": "tcp", "port_range_min": 5001,
-         "port_range_max": 5001, "remote_group_id": clients},
-        {"direction": "ingress", "protocol": "tcp", "port_range_min": 5002,
-         "port_range_max": 5002},
-        {"direction": "egress"},
-    ]}).id
-    rule_5002 = next(r.id for r in m.security_groups[srv].security_group_rules
-                     if r.port_range_min == 5002)
-    client = m.create_port({"network_id": net.id, "name": "client", "security_groups": [clients],
-                            "fixed_ips": [{"ip_address": CLIENT}]}).id
-    server = m.create_port({"network_id": net.id, "name": "server", "security_groups": [srv],
-                            "fixed_ips": [{"ip_address": SERVER}]}).id
-    plan = compile_plan(m)
-    host = make_netns("pwt-cth")
-    bridge = plan.ports[0].bridge
-    netns.run(host, ["ip", "link", "add", bridge, "type", "bridge"])
-    netns.run(host, ["ip", "link", "set", bridge, "up"])
-    vms = {}
-    for p in plan.ports:
-        vm = make_netns("pwt-ctv")
-        vms[p.id] = vm
-        netns.run(host, ["ip", "link", "add", p.device, "type", "veth", "peer", "name", "eth0",
-                         "netns", vm])
-        netns.run(host, ["ip", "link", "set", p.device, "master", bridge, "up"])
-        netns.run(vm, ["ip", "link", "set", "eth0", "address", p.mac, "up"])
-        netns.run(vm, ["ip", "addr", "add", f"{p.addresses[0].network_address}/24", "dev", "eth0"])
-    netns.run(host, ["sysctl", "-w", "net.bridge.bridge-nf-call-iptables=1"], check=False)
-    netns.run(host, ["iptables", "-P", "FORWARD", "DROP"])
-    yield Lab(m, host, vms, client, server, rule_5002, clients, other)
+def box(backend_name: str) -> Iterator[LabBox]:
+    with Lab("pwt-ctx", backend=backend_name) as lab:
+        yield lab.up(TOPOLOGY)
 
 
-class Session:
-    """One long-lived TCP session client -> server:port; the server writes what it reads to
-    a file, so we can tell whether bytes still get through."""
-
-    def __init__(self, lab: Lab, port: int, tmp: Path) -> None:
-        self.out = tmp / f"server-{port}.txt"
-        self._out_f = self.out.open("w")
-        self.server = subprocess.Popen(
-            ["ip", "netns", "exec", lab.vms[lab.server], "nc", "-l", "-k", str(port)],
-            stdout=self._out_f, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            if f":{port} " in netns.run(lab.vms[lab.server], ["ss", "-ltnH"]).stdout:
-                break
-            time.sleep(0.02)
-        self.client = subprocess.Popen(
-            ["ip", "netns", "exec", lab.vms[lab.client], "nc", SERVER, str(port)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            text=True)
-        self.port = port
-
-    def send(self, text: str) -> None:
-        assert self.client.stdin is not None
-        self.client.stdin.write(text + "\n")
-        self.client.stdin.flush()
-
-    def received(self, text: str, wait: float = 2.0) -> bool:
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if text in self.out.read_text():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        for proc in (self.client, self.server):
-            proc.kill()
-            proc.wait()
-        self._out_f.close()
+def _policy(report: LabReport) -> ApplyReport:
+    assert report.policy is not None
+    return report.policy.detail
 
 
-def tracked(lab: Lab, port: int) -> bool:
+def tracked(box: LabBox, port: int) -> bool | None:
+    """Whether the kernel's conntrack table holds the session (None: not a kernel table)."""
+    if _bridge(box) != "linux":
+        return None
     return any(e.protocol == 6 and e.dport == port and e.dst == SERVER
-               for e in list_entries(Runner(lab.host)))
+               for e in list_entries(Runner(box.host_ns)))
 
 
-def test_removed_rule_and_member_cut_only_the_sessions_they_allowed(lab: Lab) -> None:
-    plan = lab.plan()
-    with IptablesApplier(lab.host) as a, tempfile.TemporaryDirectory() as d:
-        a.apply(render_iptables(plan), plan)
-        s1, s2 = Session(lab, 5001, Path(d)), Session(lab, 5002, Path(d))
-        try:
-            s1.send("hello-1")
-            s2.send("hello-2")
-            assert s1.received("hello-1") and s2.received("hello-2")
-            assert tracked(lab, 5001) and tracked(lab, 5002)
+def _bridge(box: LabBox) -> str:
+    from portwall import backends
 
-            # 1. The rule allowing 5002 goes: only that session is cut.
-            lab.m.delete_security_group_rule(lab.rule_5002)
-            plan = lab.plan()
-            r = a.apply(render_iptables(plan), plan)
-            assert r.conntrack_deleted == 1 and r.conntrack_checked >= 2
-            assert tracked(lab, 5001) and not tracked(lab, 5002)
-            s1.send("again-1")
-            s2.send("again-2")
-            assert s1.received("again-1")
-            assert not s2.received("again-2", wait=1.0)  # mid-stream packet: NEW, no rule
+    return backends.get(box.box.state.backend).bridge
 
-            # 2. The client leaves the remote group that allowed 5001: that session goes too.
-            lab.m.update_port(lab.client, {"security_groups": [lab.other_group]})
-            plan = lab.plan()
-            r = a.apply(render_iptables(plan), plan)
-            assert r.set_entries_removed == 1 and r.conntrack_deleted == 1
-            assert not tracked(lab, 5001)
-            s1.send("third-1")
-            assert not s1.received("third-1", wait=1.0)
 
-            # 3. Nothing changes: nothing is listed, nothing is cut.
-            r = a.apply(render_iptables(plan), plan)
-            assert r.noop and r.conntrack_checked == 0
-        finally:
-            s1.close()
-            s2.close()
+def _rule_5002(m: Model) -> str:
+    sg = m.get("security_group", "srv")
+    return next(r.id for r in sg.security_group_rules if r.port_range_min == 5002)
+
+
+def test_removed_rule_and_member_cut_only_the_sessions_they_allowed(box: LabBox) -> None:
+    with Server(box.vm("srv"), tcp=[5001, 5002]), \
+            Session(box.vm("cli"), SERVER, 5001) as s1, Session(box.vm("cli"), SERVER, 5002) as s2:
+        assert s1.connected and s2.connected
+        assert s1.send("hello-1") and s2.send("hello-2")
+        assert tracked(box, 5001) in (True, None) and tracked(box, 5002) in (True, None)
+
+        # 1. The rule allowing 5002 goes: only that session is cut.
+        r = _policy(box.update(lambda m: m.delete_security_group_rule(_rule_5002(m))))
+        assert r.conntrack_deleted == 1 and r.conntrack_checked >= 2, r
+        assert tracked(box, 5001) in (True, None) and not tracked(box, 5002)
+        assert s1.send("again-1")
+        assert not s2.send("again-2"), "mid-stream packet of a cut session: NEW, no rule"
+
+        # 2. The client leaves the remote group that allowed 5001: that session goes too.
+        r = _policy(box.update(lambda m: m.update_port("client", {"security_groups": ["other"]})))
+        assert r.changes.get("set_elements_removed", 1) == 1, r.changes
+        assert r.conntrack_deleted == 1, r
+        assert not tracked(box, 5001)
+        assert not s1.send("third-1")
+
+        # 3. Nothing changes: nothing is listed, nothing is cut.
+        r = _policy(box.apply())
+        assert r.noop and r.conntrack_checked == 0 and r.conntrack_deleted == 0

@@ -41,8 +41,8 @@ BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 
 
 @pytest.fixture(scope="module")
-def box() -> Iterator[LabBox]:
-    with Lab("pwt-dhcp") as lab:
+def box(backend_name: str) -> Iterator[LabBox]:
+    with Lab("pwt-dhcp", backend=backend_name) as lab:
         yield lab.up(TOPOLOGY)
 
 

@@ -53,9 +53,9 @@ lab:
 
 
 @pytest.fixture(scope="module")
-def box() -> Iterator[LabBox]:
+def box(backend_name: str) -> Iterator[LabBox]:
     """One sandbox for the read-only checks of this module (nothing here changes it)."""
-    with Lab("pwt-rules") as lab:
+    with Lab("pwt-rules", backend=backend_name) as lab:
         yield lab.up(TOPOLOGY)
 
 

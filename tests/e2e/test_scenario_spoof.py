@@ -43,8 +43,8 @@ FAKE_MAC = "02:00:00:00:00:99"
 
 
 @pytest.fixture(scope="module")
-def box() -> Iterator[LabBox]:
-    with Lab("pwt-spoof") as lab:
+def box(backend_name: str) -> Iterator[LabBox]:
+    with Lab("pwt-spoof", backend=backend_name) as lab:
         yield lab.up(TOPOLOGY)
 
 

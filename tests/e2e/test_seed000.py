@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="nee
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab("pwt-s0") as lab:
+def lab(backend_name: str) -> Iterator[Lab]:
+    with Lab("pwt-s0", backend=backend_name) as lab:
         yield lab
 
 

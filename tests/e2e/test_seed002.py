@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="nee
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab("pwt-s2") as lab:
+def lab(backend_name: str) -> Iterator[Lab]:
+    with Lab("pwt-s2", backend=backend_name) as lab:
         yield lab
 
 
@@ -38,7 +38,9 @@ def test_db_follows_membership_of_group_web(lab: Lab) -> None:
         # the client joins web (keeping its own default group): now a member
         report = box.update(lambda m: m.update_port(
             "client-port", {"security_groups": ["web", "default"]}))
-        assert report.policy is not None and report.policy.detail.changes["set_elements_added"] >= 1
+        assert report.policy is not None and not report.policy.detail.noop
+        # backends with address sets say so under the shared counter name
+        assert report.policy.detail.changes.get("set_elements_added", 1) >= 1
         assert box.reach("client", "db-1", "tcp", 5432)
         # web-2 leaves web: its address leaves the set
         box.update(lambda m: m.update_port("web-2-port", {"security_groups": ["default"]}))

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from portwall import backends
 from portwall.cli.common import fail, load_or_exit
 from portwall.lab import state as st
 from portwall.lab.check import CheckResult, run_checks
@@ -86,15 +87,18 @@ def require_root() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--name", default=DEFAULT_NAME, show_default=True, help="Sandbox name.")
 @click.option("--no-policy", is_flag=True, help="Wire the VMs but apply no policy.")
-def up_cmd(file: str, name: str, no_policy: bool) -> None:
+@click.option("--backend", type=click.Choice(backends.names()), default=backends.DEFAULT,
+              show_default=True, help="Dataplane that enforces the policy.")
+def up_cmd(file: str, name: str, no_policy: bool, backend: str) -> None:
     """Build a sandbox from FILE and apply its policy."""
     topo = load_or_exit(file)
     out = console()
     try:
-        box, report = Sandbox.up(topo, name, apply=not no_policy)
+        box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend)
     except LabError as e:
         fail(str(e))
-    out.print(f"sandbox [bold]{box.name}[/bold] is up (host namespace {box.host_ns})")
+    out.print(f"sandbox [bold]{box.name}[/bold] is up (host namespace {box.host_ns}, "
+              f"backend {box.state.backend})")
     print_report(report, out, chains=0)
 
 
@@ -156,7 +160,7 @@ def status_cmd(name: str | None, as_json: bool) -> None:
         return
     for b in boxes:
         s = b.status()
-        out.print(f"[bold]{s['name']}[/bold]  topology {s['topology']}")
+        out.print(f"[bold]{s['name']}[/bold]  topology {s['topology']}  backend {s['backend']}")
         out.print(f"  host namespace {s['host_netns']} ({'up' if s['alive'] else 'MISSING'}),"
                   f" bridges: {', '.join(s['bridges']) or '-'}")
         t = Table(show_edge=False)
@@ -199,7 +203,9 @@ def down_cmd(name: str | None, all_: bool) -> None:
 @click.option("--name", default=None,
               help=f"Sandbox to test (default: {DEFAULT_NAME}; if not up, a temporary one).")
 @click.option("--timeout", default=0.8, show_default=True, help="Seconds per probe.")
-def check_cmd(file: str, name: str | None, timeout: float) -> None:
+@click.option("--backend", type=click.Choice(backends.names()), default=backends.DEFAULT,
+              show_default=True, help="Dataplane of the temporary sandbox (if one is built).")
+def check_cmd(file: str, name: str | None, timeout: float, backend: str) -> None:
     """Test FILE's expect: lines with real traffic; exit 1 on any mismatch.
 
     Uses the named sandbox when it is up; otherwise builds a temporary one from FILE and
@@ -215,8 +221,8 @@ def check_cmd(file: str, name: str | None, timeout: float) -> None:
             box = Sandbox.open(existing)
             results = run_checks(box, topo.lab.expect, timeout)
         else:
-            tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}")
-            out.print(f"temporary sandbox {tmp.name} (removed afterwards)")
+            tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}", backend=backend)
+            out.print(f"temporary sandbox {tmp.name} on {tmp.state.backend} (removed afterwards)")
             try:
                 results = run_checks(tmp, topo.lab.expect, timeout)
             finally:
