@@ -42,14 +42,18 @@ def _status(name: str) -> dict:  # type: ignore[type-arg]
     return json.loads(res.stdout)[0]  # type: ignore[no-any-return]
 
 
-def test_up_status_exec_apply_check_down(names: list[str]) -> None:
+def test_up_status_exec_apply_check_down(names: list[str], backend_name: str) -> None:
     name = netns.unique_name("pwt-cli")
     names.append(name)
-    res = pw("lab", "up", SEED000, "--name", name)
+    res = pw("lab", "up", SEED000, "--name", name, "--backend", backend_name)
     assert res.returncode == 0, res.stderr
-    assert "plugged vm0/eth2" in res.stdout and "chains written" in res.stdout
+    assert "plugged vm0/eth2" in res.stdout and f"is up on {backend_name}" in res.stdout
+    assert f"policy: {backend_name}: " in res.stdout, res.stdout
 
     s = _status(name)
+    assert s["backend"] == backend_name
+    text = pw("lab", "status", "--name", name)
+    assert text.returncode == 0 and f"backend {backend_name}" in text.stdout, text.stdout
     assert s["alive"] and set(s["vms"]) == {"vm0", "serverX", "serverY"}
     vm0 = s["vms"]["vm0"]
     assert [p["ifname"] for p in vm0["ports"]] == ["eth0", "eth1", "eth2"]
@@ -72,7 +76,7 @@ def test_up_status_exec_apply_check_down(names: list[str]) -> None:
     assert "4/4 as expected" in res.stdout and "MISMATCH" not in res.stdout
 
     res = pw("lab", "apply", str(EXAMPLES / "seed000-router-vm-fixed.yaml"), "--name", name)
-    assert res.returncode == 0 and "chains written" in res.stdout
+    assert res.returncode == 0 and f"policy: {backend_name}: " in res.stdout, res.stdout
     res = pw("lab", "check", SEED000, "--name", name)  # old expectations no longer hold
     assert res.returncode == 1 and "MISMATCH" in res.stdout
 
@@ -82,18 +86,20 @@ def test_up_status_exec_apply_check_down(names: list[str]) -> None:
     assert name not in st.names()
 
 
-def test_check_without_a_sandbox_builds_and_removes_one() -> None:
-    res = pw("lab", "check", SEED000, "--name", netns.unique_name("pwt-none"))
+def test_check_without_a_sandbox_builds_and_removes_one(backend_name: str) -> None:
+    res = pw("lab", "check", SEED000, "--name", netns.unique_name("pwt-none"),
+             "--backend", backend_name)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "4/4 as expected" in res.stdout
+    assert "4/4 as expected" in res.stdout and f"on {backend_name}" in res.stdout
     tmp = res.stdout.split("temporary sandbox ")[1].split()[0]
     assert tmp not in st.names()
 
 
-def test_two_sandboxes_of_one_file_do_not_collide(names: list[str]) -> None:
+def test_two_sandboxes_of_one_file_do_not_collide(names: list[str], backend_name: str) -> None:
     a, b = netns.unique_name("pwt-a"), netns.unique_name("pwt-b")
     names += [a, b]
-    procs = [subprocess.Popen([*PORTWALL, "lab", "up", SEED000, "--name", n],
+    procs = [subprocess.Popen([*PORTWALL, "lab", "up", SEED000, "--name", n,
+                               "--backend", backend_name],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for n in (a, b)]
     for p in procs:
@@ -118,3 +124,5 @@ def test_errors_are_reported_not_raised() -> None:
     assert res.returncode != 0 and "no sandbox named" in res.stderr
     res = pw("lab", "up", SEED000, "--name", "bad name!")
     assert res.returncode == 2 and "invalid sandbox name" in res.stderr
+    res = pw("lab", "up", SEED000, "--name", netns.unique_name("pwt-nob"), "--backend", "nope")
+    assert res.returncode == 2 and "nope" in res.stderr  # click lists the registered ones

@@ -97,8 +97,8 @@ def up_cmd(file: str, name: str, no_policy: bool, backend: str) -> None:
         box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend)
     except LabError as e:
         fail(str(e))
-    out.print(f"sandbox [bold]{box.name}[/bold] is up (host namespace {box.host_ns}, "
-              f"backend {box.state.backend})")
+    out.print(f"sandbox [bold]{box.name}[/bold] is up on {box.state.backend} "
+              f"(host namespace {box.host_ns})")
     print_report(report, out, chains=0)
 
 
@@ -160,7 +160,7 @@ def status_cmd(name: str | None, as_json: bool) -> None:
         return
     for b in boxes:
         s = b.status()
-        out.print(f"[bold]{s['name']}[/bold]  topology {s['topology']}  backend {s['backend']}")
+        out.print(f"[bold]{s['name']}[/bold]  backend {s['backend']}  topology {s['topology']}")
         out.print(f"  host namespace {s['host_netns']} ({'up' if s['alive'] else 'MISSING'}),"
                   f" bridges: {', '.join(s['bridges']) or '-'}")
         t = Table(show_edge=False)
