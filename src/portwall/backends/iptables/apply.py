@@ -110,12 +110,15 @@ class IptablesApplier:
     """
 
     def __init__(self, netns: str | None = None, *, legacy: bool = False,
-                 cache: bool = True) -> None:
+                 cache: bool = True, runner: Runner | None = None) -> None:
+        """``runner`` replaces the real one (e.g. :class:`portwall.kernel.fake.FakeRunner`
+        in unit tests); the generation cache is then off, as it reads the kernel directly."""
         self.netns = netns
         self.legacy = legacy
-        self.runner = Runner(netns)
+        self.runner = runner if runner is not None else Runner(netns)
         self._tools = _tools(legacy)
-        self._gen = NftGeneration(netns) if (cache and not legacy) else None
+        use_gen = cache and not legacy and runner is None
+        self._gen = NftGeneration(netns) if use_gen else None
         self._cache: dict[int, FamilyState] | None = None
         self._cache_gen: int | None = None
         self._port_chains: dict[tuple[str, str], frozenset[str]] = {}
