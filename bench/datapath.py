@@ -199,6 +199,13 @@ def run_one(enforcer: str, n: int, topo: Topology, doc: dict[str, Any], tmp: Pat
     return {"enforcer": enforcer, "others": n, "rate": rate, "fails": fails, "load_s": load_s}
 
 
+def _ratio(rate: float, base: float | None) -> str:
+    if not base:
+        return "-"
+    r = rate / base
+    return f"{r:.2f}x" if r >= 0.1 else f"{r:.4f}x"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--others", default="0,1000,5000", help="other ports on the host")
@@ -234,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in enforcers:
         mine = {r["others"]: r for r in rows if r["enforcer"] == e}
         table.add_row(e, *(f"{mine[n]['rate']:.0f}" for n in sizes),
-                      *(f"{mine[n]['rate'] / base[e]:.2f}x" if base.get(e) else "-"
-                        for n in sizes if n != min(sizes)),
+                      *(_ratio(mine[n]["rate"], base.get(e)) for n in sizes if n != min(sizes)),
                       str(sum(r["fails"] for r in mine.values())))
     Console(highlight=False, width=200).print(table)
     if a.json:
