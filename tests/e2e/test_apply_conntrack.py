@@ -100,7 +100,7 @@ def test_removed_rule_and_member_cut_only_the_sessions_they_allowed(box: LabBox)
 
         # 2. The client leaves the remote group that allowed 5001: that session goes too.
         r = _policy(box.update(lambda m: m.update_port("client", {"security_groups": ["other"]})))
-        assert r.changes.get("set_elements_removed", 1) == 1, r.changes
+        assert r.changes.get("set_elements_removed", 1) >= 1, r.changes  # the member (and map elements)
         assert r.conntrack_deleted == 1, r
         assert not tracked(box, 5001)
         assert not s1.send("third-1")

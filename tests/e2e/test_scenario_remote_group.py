@@ -77,8 +77,9 @@ def test_membership_change_rewrites_the_set_not_the_rules(lab: Lab, backend_name
         rep = _changed(box.update(
             lambda m: m.update_port("c1-port", {"security_groups": ["plain", "web"]})))
         # backends with address sets count the new member under the shared name
-        assert rep.changes.get("set_elements_added", 1) == 1, rep.changes
+        assert rep.changes.get("set_elements_added", 1) >= 1, rep.changes
         if backend_name == "iptables":
+            assert rep.native.set_entries_added == 1  # exactly the member's address
             written = {chain for _, _, chain in rep.native.written}
             assert written <= own_chains, f"rewrote more than c1's own chains: {written - own_chains}"
             assert not written & db_chains
@@ -88,7 +89,9 @@ def test_membership_change_rewrites_the_set_not_the_rules(lab: Lab, backend_name
             assert s.connected and s.send()
             rep = _changed(box.update(
                 lambda m: m.update_port("c1-port", {"security_groups": ["plain"]})))
-            assert rep.changes.get("set_elements_removed", 1) == 1, rep.changes
+            assert rep.changes.get("set_elements_removed", 1) >= 1, rep.changes
+            if backend_name == "iptables":
+                assert rep.native.set_entries_removed == 1
             assert rep.conntrack_deleted >= 1
             assert not s.send(), "leaving the remote group must cut the open connection"
         assert not box.reach("c1", "db1", "tcp", 5432)
