@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -128,10 +129,33 @@ def test_lab_apply_repairs_a_flushed_chain(lab: Lab, tmp_path: object, backend_n
         assert box.reach("bad", "srv", "tcp", 80)
 
 
+class Drained:
+    """Reads a probe server's log while it runs: it writes a line per datagram to a pipe,
+    and a full pipe (~3,270 lines, reached when 100 updates take longer than ~16 s, e.g. on
+    a loaded machine or a slower backend) would block it and stop its echoes."""
+
+    def __init__(self, srv: Server) -> None:
+        self.srv, self.lines = srv, list[str]()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.srv.proc.stdout is not None
+        for line in self.srv.proc.stdout:
+            if line.strip():
+                self.lines.append(line.strip())
+
+    def stop(self) -> list[str]:
+        self.srv.proc.terminate()
+        self.thread.join(10)
+        return self.lines + self.srv.stop()
+
+
 def test_no_blink_while_100_unrelated_updates_apply(lab: Lab, backend_name: str) -> None:
     box = lab.up(TOPOLOGY)
     srv_ip = box.ip("srv")
-    with Server(box.vm("srv"), udp=[5000]) as srv:
+    with Server(box.vm("srv"), udp=[5000]) as server:
+        srv = Drained(server)
         allowed = stream(box.vm("good"), srv_ip, 5000, interval=0.005)
         denied = stream(box.vm("bad"), srv_ip, 5000, interval=0.005)
         time.sleep(0.3)  # both streams are flowing before the first update
