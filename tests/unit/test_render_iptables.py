@@ -65,8 +65,15 @@ def seed000(pairs: bool = False) -> Model:
     return model
 
 
+_SPOOF_RID = re.compile(r"--comment (spoof-[0-9a-f-]+-\d+) ")
+
+
 def chain(rs: IptablesRuleset, family: int, name: str, table: str = "filter") -> list[str]:
-    return rs.tables[family][table].chains[name].rules  # type: ignore[index]
+    """A chain's rules, each anti-spoof entry's comment (``spoof-<port>-<n>``) shown as
+    ``spoof-<kind>`` through the ruleset's provenance (so the provenance is checked too)."""
+    rules = rs.tables[family][table].chains[name].rules  # type: ignore[index]
+    return [_SPOOF_RID.sub(lambda m: f"--comment spoof-{rs.provenance[m[1]].kind.value} ", r)
+            for r in rules]
 
 
 def port(plan: HostPlan, name: str) -> PortPlan:
@@ -119,7 +126,7 @@ def test_seed000_ingress_and_egress_chains_follow_neutron_order() -> None:
         MARK,
         "-s 0.0.0.0/32 -d 255.255.255.255/32 -p udp -m udp --sport 68 --dport 67"
         " -m comment --comment prov-dhcp-discover -j RETURN",
-        f"-m comment --comment pw-spoof-check -j {spoof_chain(p)}",
+        f"-m comment --comment spoof-{p.id} -j {spoof_chain(p)}",
         "-p udp -m udp --sport 68 --dport 67 -m comment --comment prov-dhcp-client -j RETURN",
         "-p udp -m udp --sport 67 --dport 68 -m comment --comment prov-dhcp-server-drop -j DROP",
         "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment ct-established-v4 -j RETURN",
@@ -474,3 +481,49 @@ def test_rule_actions_map_to_return_and_drop() -> None:
         line = next(r for r in rendered if f"--comment {s.rid} " in r)
         assert line.endswith("-j RETURN" if s.action == Action.ALLOW else "-j DROP")
     assert sum("-j pw-s" in r for r in rendered) == 1  # the SpoofCheck: a jump to its chain
+
+
+# ----------------------------------------------------------------- provenance
+_COMMENT = re.compile(r'--comment ("[^"]*"|\S+)')
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_every_comment_tag_has_an_origin(example: str) -> None:
+    """The renderer records rid -> Origin for every line it writes (anti-spoof entries,
+    provider rules, dispatch, zones), so an apply error on any line names its resource."""
+    path = EXAMPLES / example
+    model = load(path.read_text(), str(path))
+    plan = compile_plan(model)
+    rs = render_iptables(plan)
+    text = restore_text(rs, 4) + restore_text(rs, 6)
+    tags = {m.strip('"') for m in _COMMENT.findall(text)}
+    assert tags, "the ruleset has no comments at all?"
+    missing = sorted(t for t in tags if t not in rs.provenance)
+    assert not missing, missing
+    # and each port's spoof entries and spoof jump trace back to that very port
+    for p in plan.ports:
+        if not p.filtered:
+            continue
+        for fam in (4, 6):
+            raw = rs.tables[fam]["filter"].chains[spoof_chain(p)].rules  # type: ignore[index]
+            for r in raw[:-1]:  # every entry; the last line is the shared drop
+                rid = _COMMENT.findall(r)[0]
+                assert rs.provenance[rid].resource_id == p.id, (rid, rs.provenance[rid])
+        assert rs.provenance[f"spoof-{p.id}"].resource_id == p.id
+
+
+def test_incremental_render_keeps_provenance_complete() -> None:
+    from portwall.backends.iptables.render import IptablesRenderer
+    from portwall.ir.compile import PlanCompiler
+
+    model = seed000()
+    compiler, renderer = PlanCompiler(), IptablesRenderer()
+    renderer.render(compiler.compile(model))
+    model.update_port("vm0-net1", {"allowed_address_pairs": [{"ip_address": "10.0.2.0/24"}]})
+    plan = compiler.compile(model)
+    rs = renderer.render(plan)
+    tags = {m.strip('"') for m in _COMMENT.findall(restore_text(rs, 4) + restore_text(rs, 6))}
+    assert tags <= set(rs.provenance)
+    pair = [rid for rid, o in rs.provenance.items()
+            if o.resource_id == plan.port("vm0-net1").id and "10.0.2.0/24" in o.detail]
+    assert pair and all(rid.startswith("spoof-") for rid in pair)

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from portwall.backends.base import ApplyReport, Backend
 from portwall.backends.iptables.apply import IptablesApplier as _Applier
-from portwall.backends.iptables.apply import origins
 from portwall.backends.iptables.render import IptablesRenderer as _Renderer
 from portwall.backends.iptables.render import ipset_restore_text, restore_text
 from portwall.backends.iptables.types import IptablesRuleset
@@ -19,10 +18,10 @@ from portwall.ir.types import HostPlan, Origin
 class Ruleset:
     backend = "iptables"
     inner: IptablesRuleset
-    _origins: dict[str, Origin] = field(default_factory=dict)
 
     def provenance(self) -> Mapping[str, Origin]:
-        return self._origins
+        """What the renderer recorded for every line it wrote (spoof entries included)."""
+        return self.inner.provenance
 
     def counts(self) -> dict[str, int]:
         rules = sum(len(c.rules) for fam in self.inner.tables.values()
@@ -42,7 +41,7 @@ class Renderer:
         self._r = _Renderer()
 
     def render(self, plan: HostPlan) -> Ruleset:
-        return Ruleset(self._r.render(plan), origins(plan))
+        return Ruleset(self._r.render(plan))
 
 
 class Applier:

@@ -47,7 +47,7 @@ from portwall.backends.iptables.types import (
     Table,
     TableName,
 )
-from portwall.ir.types import HostPlan, Jump, Origin, OriginKind, Rule, SetRef, SpoofCheck
+from portwall.ir.types import HostPlan, Jump, Origin, SetRef
 from portwall.kernel import conntrack as ct
 from portwall.kernel.runner import Job, NftGeneration, Result, Runner
 
@@ -66,24 +66,9 @@ def _tools(legacy: bool) -> dict[tuple[int, str], str]:
 
 
 def origins(plan: HostPlan) -> dict[str, Origin]:
-    """Rule ids (as written in the kernel's comments) -> the resource behind them."""
-    out: dict[str, Origin] = {}
-    for rs in plan.rulesets.values():
-        for r in rs.rules:
-            out.setdefault(r.rid, r.origin)
-    for p in plan.ports:
-        out.setdefault(f"port-{p.id}", Origin(OriginKind.PROVIDER, "port", p.id, p.name,
-                                              f"dispatch of port {p.device}"))
-        out.setdefault(f"unfiltered-{p.id}", Origin(OriginKind.UNFILTERED, "port", p.id,
-                                                    p.name, "port security disabled"))
-        for step in (*p.ingress, *p.egress):
-            if isinstance(step, Rule):
-                out.setdefault(step.rid, step.origin)
-            elif isinstance(step, Jump):
-                out.setdefault(step.ruleset_id, step.origin)
-            elif isinstance(step, SpoofCheck):
-                out.setdefault(f"spoof-{p.id}", step.origin)
-    return out
+    """Rule ids (as written in the kernel's comments) -> the resource behind them: the
+    renderer's own provenance of ``plan`` (one-shot; an applier uses the ruleset's)."""
+    return dict(rnames.render_iptables(plan).provenance)
 
 
 def _tables_of(ruleset: IptablesRuleset, family: int) -> Mapping[str, Table]:
@@ -205,7 +190,7 @@ class IptablesApplier:
         changed_chains = {c for s in scripts.values() for t in s.tables
                           for c in (*t.rewritten, *t.edited, *t.deleted)}
         self._sets_before(setplan)
-        self._load(scripts, tables, setplan, plan)
+        self._load(scripts, tables, setplan, ruleset.provenance)
         self._sets_after(setplan)
         self._remember(ruleset)
         rep.timings["write"] = time.perf_counter() - t0 - rep.timings["read"] - rep.timings["diff"]
@@ -307,7 +292,7 @@ class IptablesApplier:
                 for f in FAMILIES if f in texts}
 
     def _load(self, scripts: Mapping[int, FamilyScript], before: dict[int, FamilyState],
-              sp: SetPlan, plan: HostPlan | None) -> None:
+              sp: SetPlan, provenance: Mapping[str, Origin] | None) -> None:
         """One restore per family; on failure put the previous state back and raise."""
         gen0 = self._gen.get() if self._gen is not None else None
         maps = {f: s.text_and_map() for f, s in scripts.items() if not s.empty()}
@@ -315,7 +300,7 @@ class IptablesApplier:
         for fam, res in results.items():
             if res.returncode != 0:
                 text, where = maps[fam]
-                exc = self._explain(fam, res.stderr, text, where, plan)
+                exc = self._explain(fam, res.stderr, text, where, provenance)
                 exc.rolled_back = self._rollback(before)
                 self._destroy_quietly(sp.created)
                 raise exc
@@ -333,7 +318,7 @@ class IptablesApplier:
             self._cache, self._cache_gen = (new, gen1) if ok else (None, None)
 
     def _explain(self, family: int, stderr: str, text: str, where: list[SourceLine],
-                 plan: HostPlan | None) -> ApplyError:
+                 provenance: Mapping[str, Origin] | None) -> ApplyError:
         lines = text.splitlines()
         m = _LINE.search(stderr)
         n = _culprit(lines, where, int(m.group(1)), stderr) if m else None
@@ -342,8 +327,8 @@ class IptablesApplier:
             line, src = lines[n - 1], where[n - 1]
             if src.spec is not None:
                 rid = comment_of(src.spec)
-                if rid is not None and plan is not None:
-                    origin = origins(plan).get(rid)
+                if rid is not None and provenance is not None:
+                    origin = provenance.get(rid)
         what = f"IPv{family} {src.table} chain {src.chain}" if src and src.chain else f"IPv{family}"
         return ApplyError(f"iptables-restore failed ({what}); the previous rules stay enforced",
                           command=self._tools[(family, "restore")], line=line, line_no=n,
