@@ -50,6 +50,7 @@ from portwall.topology import loads_topology
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEED000 = EXAMPLES / "seed000-router-vm.yaml"
 MARK = "-m comment --comment pw-port-mark -j MARK --set-xmark 0x100000/0x300000"
+NOTRACK = "-m mark --mark 0x400000/0x400000 -m comment --comment pw-notrack -j CT --notrack"
 ACCEPTED = "-m mark --mark 0x200000/0x200000 -m comment --comment pw-group-accept -j RETURN"
 
 
@@ -180,7 +181,9 @@ def test_dispatch_forward_input_and_raw_layout() -> None:
     assert all("-m physdev --physdev-is-bridged" in r and r.endswith(f"-j {SG_CHAIN}")
                for r in chain(rs, 4, FORWARD_CHAIN))
     raw = chain(rs, 4, PREROUTING_CHAIN, "raw")
-    # stateful ports are zoned by their bridge: no per-port raw rule
+    # one fixed NOTRACK rule for hops the bridge table marked, then zones by bridge: no
+    # per-port raw rule
+    assert raw.pop(0) == NOTRACK
     assert not any(p.device in r for r in raw)
     assert [r.split()[1] for r in raw] == bridges
     assert all(r.endswith(f"-j CT --zone {q.zone}") for r, q in zip(
@@ -290,13 +293,37 @@ def test_stateless_port_is_untracked_and_has_no_conntrack_rules() -> None:
     sl, free = plan.port("b-sl"), plan.port("a-free")
     for fam in (4, 6):
         raw = chain(rs, fam, PREROUTING_CHAIN, "raw")
-        assert f"-m physdev --physdev-in {sl.device} -m comment --comment port-{sl.id}" \
-            " -j CT --notrack" in raw
-        assert not any(free.device in r for r in raw)
-        assert raw[-1] == f"-i {sl.bridge} -m comment --comment net-{sl.network_id}" \
-            f" -j CT --zone {sl.zone}"
+        # untracked only where the bridge table marked the hop (both ends stateless or
+        # non-port): no per-port raw rule at all
+        assert raw == [NOTRACK, f"-i {sl.bridge} -m comment --comment net-{sl.network_id}"
+                       f" -j CT --zone {sl.zone}"]
         for name in (ingress_chain(sl), egress_chain(sl)):
             assert not any("conntrack" in r for r in chain(rs, fam, name))
+    # the bridge table knows which ends are stateless and which are tracked
+    assert ("stateless_if", (sl.device,)) in rs.l2[sl.device].elements
+    assert ("stateless_mac", (sl.mac,)) in rs.l2[sl.device].elements
+    assert ("tracked_if", (free.device,)) in rs.l2[free.device].elements
+    c6 = plan.port("c-v6")
+    assert {("tracked_mac", (c6.mac,)), ("tracked_mac", ("fa:16:3e:00:00:aa",))} <= \
+        rs.l2[c6.device].elements
+
+
+def test_bridge_table_guards_arp_and_nd_with_the_spoof_entries() -> None:
+    """ARP (MAC, IP) and NA-target elements come from the same anti-spoof entries as the
+    IP chains: /32 and /128 in hash sets, CIDRs (and MAC-only = any) in interval sets;
+    unfiltered ports get no guard."""
+    plan = compile_plan(seed000(pairs=True))
+    rs = render_iptables(plan)
+    p = plan.port("vm0-net1")
+    el = rs.l2[p.device].elements
+    assert ("filtered_if", (p.device,)) in el
+    assert ("arp4", (p.device, p.mac, p.mac, "10.0.1.1")) in el
+    assert ("arp4_net", (p.device, p.mac, p.mac, "10.0.2.0/24")) in el
+    ll = int(ipaddress.ip_address(_ll(p.mac)))
+    assert ("nd6", (p.device, p.mac, f"0x{ll:032x}")) in el
+    free = compile_plan(load(MIXED)).port("a-free")
+    assert not any(s in ("filtered_if", "arp4", "arp4_net", "nd6", "nd6_net")
+                   for s, _ in render_iptables(compile_plan(load(MIXED))).l2[free.device].elements)
 
 
 def test_ipv6_spoof_chain_has_link_local_of_every_mac() -> None:

@@ -38,6 +38,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from portwall.backends.iptables.l2 import MARK_NOTRACK, L2Port, port_elements
+from portwall.backends.iptables.l2 import ORIGINS as L2_ORIGINS
 from portwall.backends.iptables.types import (
     PREFIX,
     SET_PREFIX,
@@ -268,6 +270,9 @@ _GROUP_ACCEPT = f"{_has_mark(MARK_ACCEPT)} {_comment('pw-group-accept')} -j RETU
 _SPOOF_DROP = f"{_comment('pw-spoof-drop')} -j DROP"
 
 
+_NOTRACK = f"{_has_mark(MARK_NOTRACK)} {_comment('pw-notrack')} -j CT --notrack"
+
+
 def _structural(tag: str, detail: str, kind: OriginKind = OriginKind.PROVIDER) -> Origin:
     return Origin(kind, "provider", tag, tag, detail)
 
@@ -281,6 +286,8 @@ STRUCTURAL_ORIGINS: dict[str, Origin] = {
     "pw-port-mark": _structural("pw-port-mark", "marks a packet as handled by a port chain"),
     "pw-group-accept": _structural("pw-group-accept",
                                    "returns when a security-group chain allowed the packet"),
+    "pw-notrack": _structural("pw-notrack", "a hop between stateless ports (or a stateless port"
+                              " and a non-port) is not tracked"),
     "pw-spoof-drop": _structural("pw-spoof-drop", "source IP/MAC not on the port's allow-list",
                                  OriginKind.SPOOF),
 }
@@ -310,7 +317,7 @@ class _PortOut:
     chains: dict[int, tuple[tuple[str, Chain], ...]]  # family -> (name, chain), in order
     dispatch: tuple[str, ...]
     inp: tuple[str, ...]
-    raw: str | None  # NOTRACK rule of a stateless filtered port
+    l2: L2Port  # the port's elements in the bridge table (l2.py)
     origins: dict[str, Origin]  # comment tag -> resource, for every line above
 
 
@@ -467,13 +474,18 @@ class IptablesRenderer:
             return _PortOut(p, frozenset(), {4: (), 6: ()}, (
                 f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} {seen}",
                 f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} {seen}",
-            ), (), None, {f"unfiltered-{p.id}": Origin(
-                OriginKind.UNFILTERED, "port", p.id, p.name, "port security disabled")})
+            ), (), port_elements(p), {f"unfiltered-{p.id}": Origin(
+                OriginKind.UNFILTERED, "port", p.id, p.name, "port security disabled"),
+                f"l2-{p.device}": Origin(OriginKind.UNFILTERED, "port", p.id, p.name,
+                                         f"bridge-table elements of port {p.device}")})
         ich, och, sch = names
         chains: dict[int, tuple[tuple[str, Chain], ...]] = {}
         used: set[str] = set()  # rule sets the port jumps to (filled while rendering)
-        origins: dict[str, Origin] = {f"port-{p.id}": Origin(
-            OriginKind.PROVIDER, "port", p.id, p.name, f"dispatch of port {p.device}")}
+        origins: dict[str, Origin] = {
+            f"port-{p.id}": Origin(OriginKind.PROVIDER, "port", p.id, p.name,
+                                   f"dispatch of port {p.device}"),
+            f"l2-{p.device}": Origin(OriginKind.SPOOF, "port", p.id, p.name,
+                                     f"ARP/ND guard and tracking of port {p.device}")}
         for family in (4, 6):
             jumps = self._jumps[family]
             chains[family] = (
@@ -484,13 +496,11 @@ class IptablesRenderer:
                                                   origins))),
             )
         tag = _comment(f"port-{p.id}")
-        raw = (None if p.stateful else
-               f"-m physdev --physdev-in {p.device} {tag} -j CT --notrack")
         return _PortOut(
             p, frozenset(used), chains,
             (f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
              f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j {och}"),
-            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), raw, origins)
+            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), port_elements(p), origins)
 
     def _port_rules(self, port: PortPlan, steps: Iterable[object], family: IpFamily,
                     group_jump: Mapping[str, tuple[str, str] | None], spoof: str,
@@ -546,8 +556,9 @@ class IptablesRenderer:
             ruleset.tables[family] = {"filter": self._filter_table(family, groups, ports, bridges),
                                       "raw": self._raw_table(ports, bridges)}
         ruleset.ipsets = self._ipsets_of(plan)
+        ruleset.l2 = {out.plan.device: out.l2 for out in ports}
         ruleset.provenance = Provenance([
-            STRUCTURAL_ORIGINS,
+            STRUCTURAL_ORIGINS, L2_ORIGINS,
             {f"net-{nid}": _net_origin(nid, zone) for nid, zone in bridges.values()},
             *(g.origins for g in groups), *(out.origins for out in ports)])
         return ruleset
@@ -583,10 +594,11 @@ class IptablesRenderer:
     def _raw_table(ports: list[_PortOut], bridges: Mapping[str, tuple[str, int]]) -> Table:
         """Conntrack zones, one per network, by bridge: with bridge netfilter a bridged
         packet's in-interface is the bridge, so one rule per bridge zones every port of the
-        network (and the host's own traffic into it). Only stateless ports get a rule of their
-        own (NOTRACK), placed first because the first CT target a packet meets wins. Keeping
-        stateful ports out of this table means adding one leaves the raw table untouched."""
-        rules = [out.raw for out in ports if out.raw is not None]
+        network (and the host's own traffic into it). Before them (the first CT target a
+        packet meets wins) one fixed NOTRACK rule for hops the bridge table marked untracked
+        (both ends stateless, or stateless and not a port: see l2.py). No port has a rule
+        here, so adding one, stateless or not, leaves the raw table untouched."""
+        rules = [_NOTRACK]
         for bridge, (nid, zone) in bridges.items():
             rules.append(f"-i {bridge} {_comment(f'net-{nid}')} -j CT --zone {zone}")
         table = Table("raw")

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from portwall.backends.iptables.l2 import L2Port
 from portwall.ir.types import Origin
 
 IpFamily = Literal[4, 6]
@@ -115,4 +116,6 @@ class IptablesRuleset:
 
     tables: dict[IpFamily, dict[TableName, Table]] = field(default_factory=dict)
     ipsets: dict[str, IpSet] = field(default_factory=dict)
+    #: the bridge table's elements (ARP/ND guard, tracked or not), per port device
+    l2: dict[str, L2Port] = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance)
