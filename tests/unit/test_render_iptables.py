@@ -66,7 +66,7 @@ def seed000(pairs: bool = False) -> Model:
     return model
 
 
-_SPOOF_RID = re.compile(r"--comment (spoof-[0-9a-f-]+-\d+) ")
+_SPOOF_RID = re.compile(r"--comment (spoof-[0-9a-f-]+-v[46]-\d+) ")
 
 
 def chain(rs: IptablesRuleset, family: int, name: str, table: str = "filter") -> list[str]:

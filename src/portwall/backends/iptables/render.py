@@ -293,10 +293,11 @@ STRUCTURAL_ORIGINS: dict[str, Origin] = {
 }
 
 
-def spoof_rid(port: PortPlan, index: int) -> str:
-    """The comment of a port's ``index``-th anti-spoof entry: names the port, so a failing
-    or drifting spoof line is traced to it."""
-    return f"spoof-{port.id}-{index}"
+def spoof_rid(port: PortPlan, family: int, index: int) -> str:
+    """The comment of a port's ``index``-th anti-spoof entry of ``family``: names the port,
+    so a failing or drifting spoof line is traced to it (numbered per family, so a new IPv4
+    pair leaves the IPv6 chain's text alone)."""
+    return f"spoof-{port.id}-v{family}-{index}"
 
 
 def _net_origin(network_id: str, zone: int) -> Origin:
@@ -529,11 +530,11 @@ class IptablesRenderer:
     @staticmethod
     def _spoof_rules(port: PortPlan, family: IpFamily, origins: dict[str, Origin]) -> list[str]:
         out = []
-        for i, e in enumerate(port.spoof):
+        for e in port.spoof:
             if e.family != family:
                 continue
             src = "" if e.cidr is None or not e.cidr.prefixlen else f"-s {_net(e.cidr)} "
-            rid = spoof_rid(port, i)
+            rid = spoof_rid(port, family, len(out))
             out.append(f"{src}-m mac --mac-source {e.mac.lower()} {_comment(rid)} -j RETURN")
             origins[rid] = e.origin
         out.append(_SPOOF_DROP)
