@@ -529,7 +529,7 @@ class IptablesRenderer:
 
     @staticmethod
     def _spoof_rules(port: PortPlan, family: IpFamily, origins: dict[str, Origin]) -> list[str]:
-        out = []
+        out: list[str] = []
         for e in port.spoof:
             if e.family != family:
                 continue
