@@ -18,8 +18,9 @@ The layout (``docs/architecture.md``) per family, filter table::
            a match sets the "accept" mark bit and the port chain RETURNs on it (Calico style),
            so the rule count grows with ports + rules, never ports x rules
 
-and in the raw table ``PREROUTING -> pw-PREROUTING``: a conntrack zone per network (or
-``CT --notrack`` for stateless ports).
+and in the raw table ``PREROUTING -> pw-PREROUTING``: one fixed ``CT --notrack`` for hops the
+bridge table marked untracked, then a conntrack zone per network. The bridge table itself
+(ARP/ND anti-spoofing, which hops are tracked) is :mod:`.l2`: per port only set elements.
 
 Rules are stored without ``-A <chain>`` and in ``iptables-save``'s canonical spelling
 (checked against iptables 1.8.9, nft and legacy backends, by ``tests/e2e/test_render_loads.py``)
