@@ -555,3 +555,26 @@ def test_one_change_touches_no_other_port(monkeypatch: pytest.MonkeyPatch) -> No
     plan = compiler.compile(m)
     assert built == []
     assert plan == compile_plan(m, HOST)
+
+
+def test_bulk_and_one_by_one_placement_agree() -> None:
+    """A first compile places ports and set members by one sort, later ones by bisect: the
+    plans (order of ports and of set members included) must be the same."""
+    m = Model(stable_ids("bulk"))
+    net = m.create_network({"name": "n"})
+    m.create_subnet({"network_id": net.id, "cidr": "10.0.0.0/16", "name": "s"})
+    shared = m.create_security_group({"name": "all"}).id
+    m.create_security_group_rule({"security_group_id": shared, "direction": "ingress",
+                                  "protocol": "tcp", "remote_group_id": shared})
+    one_by_one = PlanCompiler(HOST)
+    for i in range(150):
+        pid = _add(m, net.id, i, [shared])
+        if i % 3 == 0:  # ports with the same address as a pair: equal keys across ports
+            m.update_port(pid, {"allowed_address_pairs": [{"ip_address": "10.0.9.9"},
+                                                          {"ip_address": "10.0.0.0/24"}]})
+        one_by_one.compile(m)
+    bulk = PlanCompiler(HOST).compile(m)
+    plan = one_by_one.compile(m)
+    assert plan == bulk
+    sid = f"sg-{shared}-v4"
+    assert plan.address_sets[sid].members == bulk.address_sets[sid].members

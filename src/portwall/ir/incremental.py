@@ -82,20 +82,38 @@ def _member_key(m: SetMember) -> tuple[int, int, str]:
     return (int(m.cidr.network_address), m.cidr.prefixlen, m.port_id)
 
 
+#: Up to this many additions in one compile are inserted one by one (bisect); more are
+#: appended and sorted once, so a first compile of 10,000 ports is not quadratic.
+BULK = 64
+
+
 class _SortedMembers:
     """One address set's members, kept in the order an AddressSet lists them."""
 
-    __slots__ = ("keys", "members")
+    __slots__ = ("keys", "members", "pending")
 
     def __init__(self) -> None:
         self.keys: list[tuple[int, int, str]] = []
         self.members: list[SetMember] = []
+        self.pending: list[SetMember] = []  # added this compile, placed by settle()
 
     def add(self, m: SetMember) -> None:
-        k = _member_key(m)
-        i = bisect.bisect_right(self.keys, k)  # after equal keys: a port's own order kept
-        self.keys.insert(i, k)
-        self.members.insert(i, m)
+        self.pending.append(m)
+
+    def settle(self) -> None:
+        new, self.pending = self.pending, []
+        if len(new) > BULK:
+            # stable: a port's members (equal keys) stay in the order it contributed them
+            pairs = sorted(zip(self.keys + [_member_key(m) for m in new],
+                               self.members + new, strict=True), key=lambda kv: kv[0])
+            self.keys = [k for k, _ in pairs]
+            self.members = [m for _, m in pairs]
+            return
+        for m in new:
+            k = _member_key(m)
+            i = bisect.bisect_right(self.keys, k)  # after equal keys: a port's order kept
+            self.keys.insert(i, k)
+            self.members.insert(i, m)
 
     def remove(self, m: SetMember) -> None:
         k = _member_key(m)
@@ -135,6 +153,7 @@ class PlanCompiler:
         self._zones: dict[str, int] = {}
         self._order: list[str] = []  # on-host port ids, sorted
         self._plans: list[PortPlan] = []  # their plans, in that order
+        self._new_plans: list[tuple[str, PortPlan]] = []  # added this compile (see _settle)
 
     def compile(self, model: Model) -> HostPlan:
         """The plan for the model as it is now (see :func:`portwall.ir.compile_plan`)."""
@@ -216,12 +235,28 @@ class PlanCompiler:
             self._dirty_sets.add(sid)
         if entry.on_host:
             plan = self._port_plan(entry, groups, zones)
-            i = bisect.bisect_left(self._order, port.id)
-            self._order.insert(i, port.id)
-            self._plans.insert(i, plan)
+            self._new_plans.append((port.id, plan))
             for gid in plan.groups:
                 self._by_group.setdefault(gid, set()).add(port.id)
             self._by_net.setdefault(plan.network_id, set()).add(port.id)
+
+    def _settle(self) -> None:
+        """Place this compile's new plans and set members in their sorted lists."""
+        for sid in self._dirty_sets:
+            sm = self._members.get(sid)
+            if sm is not None and sm.pending:
+                sm.settle()
+        new, self._new_plans = self._new_plans, []
+        if len(new) > BULK:
+            pairs = sorted([*zip(self._order, self._plans, strict=True), *new],
+                           key=lambda kv: kv[0])
+            self._order = [k for k, _ in pairs]
+            self._plans = [p for _, p in pairs]
+            return
+        for pid, plan in new:
+            i = bisect.bisect_left(self._order, pid)
+            self._order.insert(i, pid)
+            self._plans.insert(i, plan)
 
     def _replan(self, pid: str, groups: Mapping[str, SecurityGroup],
                 zones: Mapping[str, int]) -> None:
@@ -291,6 +326,7 @@ class PlanCompiler:
             if port is not None:
                 self._add_port(port, groups, zones)
                 added.add(pid)
+        self._settle()
         stale: set[str] = set()
         for gid in changed_groups:
             stale |= self._by_group.get(gid, set())
