@@ -26,6 +26,7 @@ another object while it is part of a key.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -139,6 +140,7 @@ class PlanCompiler:
     def _reset(self) -> None:
         self._ports: dict[str, _PortEntry] = {}
         self._seen: dict[str, Port] = {}  # the model's port dict as of the last compile
+        self._seen_vals: list[Port] = []  # its values, in order
         self._members: dict[str, _SortedMembers] = {}
         self._dirty_sets: set[str] = set()
         self._sets: dict[str, AddressSet] = {}
@@ -165,9 +167,16 @@ class PlanCompiler:
         """Ids of ports added, replaced or deleted since the last compile (one identity pass
         in a comprehension: the only per-port work of a compile)."""
         seen, ports = self._seen, model.ports
-        changed = [pid for pid, p in ports.items() if seen.get(pid) is not p]
-        if len(seen) + sum(pid not in seen for pid in changed) != len(ports):
-            changed += [pid for pid in seen.keys() - ports.keys()]
+        vals, before = list(ports.values()), self._seen_vals
+        self._seen_vals = vals
+        if len(vals) >= len(before) and vals[:len(before)] == before:
+            # Only appended (a dict keeps insertion order, and the model replaces an updated
+            # port in place): the new ports are the tail. Compared in C, identity first.
+            changed = list(itertools.islice(ports, len(before), None))
+        else:
+            changed = [pid for pid, p in ports.items() if seen.get(pid) is not p]
+            if len(seen) + sum(pid not in seen for pid in changed) != len(ports):
+                changed += [pid for pid in seen.keys() - ports.keys()]
         out = []
         for pid in changed:
             new, old = ports.get(pid), seen.get(pid)

@@ -70,7 +70,9 @@ class Applier:
             conntrack_checked=r.conntrack_checked, conntrack_deleted=r.conntrack_deleted,
             timings=r.timings, write_commands=r.write_commands, warnings=r.warnings,
             touched=[f"~ IPv{f} {t} {c}" for f, t, c in r.written]
-            + [f"- IPv{f} {t} {c}" for f, t, c in r.deleted], native=r)
+            + [f"- IPv{f} {t} {c}" for f, t, c in r.deleted]
+            + ([f"~ bridge {l2.TABLE}: +{r.l2_added} -{r.l2_removed} elements"]
+               if r.l2_added or r.l2_removed else []), native=r)
 
     def drift(self, ruleset: Ruleset) -> list[str]:
         return self._a.drift(ruleset.inner)
