@@ -342,8 +342,10 @@ def test_apply_converges_and_a_second_apply_writes_nothing(host_ns: str) -> None
         assert first.chains_written == len(all_chains(rs))
         assert first.sets_created == len(rs.ipsets) > 0
         assert first.hooks_fixed == 6  # FORWARD, INPUT, raw PREROUTING; both families
+        # the bridge table (ARP/ND guard, tracking marks: one nft transaction), then sets
+        # and rules
         assert [c.split()[0] for c in first.write_commands] == [
-            "ipset", "iptables-nft-restore", "ip6tables-nft-restore"]
+            "nft", "ipset", "iptables-nft-restore", "ip6tables-nft-restore"]
 
         again = a.apply(rs, plan)
         assert again.noop and again.write_commands == [] and again.chains_written == 0

@@ -312,3 +312,113 @@ def test_packet_validation() -> None:
         Packet(4, "10.0.0.1", "10.0.0.2", 1, 1, 2)
     with pytest.raises(ValueError):
         Packet(4, "10.0.0.1", "10.0.0.2", 6, icmp_type=8)
+
+
+# ------------------------------------------------------- stateless next to stateful
+MIXING = """
+project: mix
+networks: [{name: net, subnets: [{name: s4, cidr: 10.0.0.0/24},
+                                 {name: s6, cidr: "fd00::/64", ip_version: 6}]}]
+security_groups:
+  - name: client
+    default_egress_rules: true
+  - name: server
+    stateful: false
+    default_egress_rules: false
+    security_group_rules:
+      - {direction: ingress, protocol: tcp, port_range_min: 80, port_range_max: 80}
+      - {direction: egress, protocol: tcp}
+ports:
+  - {name: cl, network_id: net, fixed_ips: [10.0.0.10], security_groups: [client]}
+  - {name: sv, network_id: net, fixed_ips: [10.0.0.20], security_groups: [server]}
+  - {name: sv2, network_id: net, fixed_ips: [10.0.0.21], security_groups: [server]}
+  - {name: free, network_id: net, fixed_ips: [10.0.0.30], port_security_enabled: false}
+"""
+
+
+def test_hop_tracked_unless_both_ends_stateless_or_non_port() -> None:
+    from portwall.analyze.evaluate import hop_tracked
+
+    hp = compile_plan(loads_topology(MIXING).model)
+    cl, sv, sv2, free = (hp.port(n) for n in ("cl", "sv", "sv2", "free"))
+    assert hop_tracked(cl, sv) and hop_tracked(sv, cl)
+    assert hop_tracked(free, sv) and hop_tracked(sv, free)  # an unfiltered port is a port
+    assert hop_tracked(cl, None) and hop_tracked(None, cl) and hop_tracked(None, None)
+    assert not hop_tracked(sv, sv2)
+    assert not hop_tracked(sv, None) and not hop_tracked(None, sv)
+
+
+def test_stateful_client_gets_a_stateless_servers_replies_as_established() -> None:
+    hp = compile_plan(loads_topology(MIXING).model)
+    cl, sv, sv2 = (hp.port(n) for n in ("cl", "sv", "sv2"))
+    syn = Packet(4, "10.0.0.10", "10.0.0.20", 6, 40000, 80)
+    assert evaluate_hop(hp, syn, cl, sv).allowed
+    reply = Packet(4, "10.0.0.20", "10.0.0.10", 6, 80, 40000, ct=CtState.ESTABLISHED)
+    res = evaluate_hop(hp, reply, sv, cl)
+    assert res.allowed and res.packet.ct is CtState.ESTABLISHED
+    assert res.ingress is not None and res.ingress.decided_by is not None
+    assert res.ingress.decided_by.rid == "ct-established-v4"
+    # a NEW packet from the server is not a reply: the client's group allows no ingress
+    assert not evaluate_hop(hp, Packet(4, "10.0.0.20", "10.0.0.10", 6, 80, 40000), sv, cl).allowed
+    # between two stateless ports the hop is untracked, whatever the caller says
+    res = evaluate_hop(hp, Packet(4, "10.0.0.20", "10.0.0.21", 6, 40000, 80,
+                                  ct=CtState.ESTABLISHED), sv, sv2)
+    assert res.allowed and res.packet.ct is CtState.UNTRACKED
+
+
+# ------------------------------------------------------------------ ARP and ND
+def test_arp_guard_follows_the_spoof_entries() -> None:
+    from portwall.analyze.evaluate import ArpPacket, evaluate_arp
+
+    model = loads_topology(MIXING).model
+    model.update_port("cl", {"allowed_address_pairs": [{"ip_address": "10.0.0.100"},
+                                                        {"ip_address": "10.0.1.0/24"}]})
+    hp = compile_plan(model)
+    cl, free = hp.port("cl"), hp.port("free")
+    ok = evaluate_arp(cl, ArpPacket(cl.mac, cl.mac, "10.0.0.10"))
+    assert ok.allowed and ok.entry is not None and ok.entry.origin.kind is OriginKind.FIXED_IP
+    vip = evaluate_arp(cl, ArpPacket(cl.mac, cl.mac, "10.0.0.100"))
+    assert vip.allowed and vip.entry is not None and vip.entry.origin.kind is OriginKind.ADDRESS_PAIR
+    assert evaluate_arp(cl, ArpPacket(cl.mac, cl.mac, "10.0.1.77")).allowed
+    stolen = evaluate_arp(cl, ArpPacket(cl.mac, cl.mac, "10.0.0.20"))
+    assert not stolen.allowed and "claims 10.0.0.20" in stolen.reason
+    forged = evaluate_arp(cl, ArpPacket(cl.mac, "02:00:00:00:00:99", "10.0.0.10"))
+    assert not forged.allowed and "not the frame's source MAC" in forged.reason
+    both = evaluate_arp(cl, ArpPacket("02:00:00:00:00:99", "02:00:00:00:00:99", "10.0.0.10"))
+    assert not both.allowed  # a MAC the port may not use
+    assert evaluate_arp(free, ArpPacket(free.mac, "02:00:00:00:00:99", "10.9.9.9")).allowed
+
+
+def test_neighbour_advertisement_target_must_be_the_ports() -> None:
+    from portwall.ir.compile import link_local
+
+    model = loads_topology(MIXING).model
+    model.update_port("cl", {"fixed_ips": [{"ip_address": "10.0.0.10"},
+                                           {"ip_address": "fd00::10"}]})
+    hp = compile_plan(model)
+    cl = hp.port("cl")
+    ll = str(link_local(cl.mac).network_address)
+
+    def na(src: str, target: str, mac: str = cl.mac) -> Packet:
+        return Packet(6, src, "ff02::1", 58, icmp_type=136, icmp_code=0, src_mac=mac,
+                      nd_target=target)
+
+    assert evaluate_direction(hp, cl, "egress", na("fd00::10", "fd00::10")).allowed
+    assert evaluate_direction(hp, cl, "egress", na(ll, ll)).allowed  # its link-local address
+    res = evaluate_direction(hp, cl, "egress", na("fd00::10", "fd00::20"))
+    assert not res.allowed and res.nd_target_denied and "fd00::20" in res.origin.detail
+    with pytest.raises(ValueError, match="neighbour advertisement"):
+        Packet(6, "fd00::10", "ff02::1", 58, icmp_type=135, nd_target="fd00::10")
+
+
+def test_trace_explains_an_arp_takeover() -> None:
+    from portwall.analyze.trace import trace_arp
+
+    hp = compile_plan(loads_topology(MIXING).model)
+    t = trace_arp(hp, "sv", "10.0.0.10", vm="server")
+    assert not t.allowed and t.verdict == "deny"
+    deny = next(s for s in t.steps if s.outcome == "deny")
+    assert "claims 10.0.0.10, not in its allowed pairs" in deny.detail
+    assert deny.resource_id == hp.port("sv").id
+    assert t.hint is not None and "allowed address pair 10.0.0.10" in t.hint
+    assert trace_arp(hp, "sv", "10.0.0.20").allowed

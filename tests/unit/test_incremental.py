@@ -496,3 +496,85 @@ def test_port_becoming_a_router_interface_leaves_the_plan() -> None:
     plan = compiler.compile(m)
     assert all(p.id != pid for p in plan.ports)
     assert plan == compile_plan(m, HOST)
+
+
+def test_same_revision_of_a_reloaded_port_is_not_recompiled(counted: dict[str, int]) -> None:
+    """Issue 10 prepares a database-backed model, which hands out new objects for unchanged
+    rows: a port whose id and revision_number are unchanged is not compiled again, a new
+    revision is."""
+    from portwall.model.resources import Port
+
+    class RevPort(Port):
+        revision_number: int = 0
+
+    m, _apps, _shared = _workload(6)
+    pid = next(iter(m.ports))
+    m.ports[pid] = RevPort(**m.ports[pid].model_dump(), revision_number=1)
+    compiler = PlanCompiler(HOST)
+    before = compiler.compile(m)
+    assert counted["compile"] == 6
+    m.ports[pid] = RevPort(**m.ports[pid].model_dump())  # a new object, same revision
+    plan = compiler.compile(m)
+    assert counted["compile"] == 6
+    assert plan.ports == before.ports and all(a is b for a, b in zip(plan.ports, before.ports,
+                                                                     strict=True))
+    m.ports[pid] = RevPort(**{**m.ports[pid].model_dump(), "name": "renamed",
+                              "revision_number": 2})
+    plan = compiler.compile(m)
+    assert counted["compile"] == 7
+    assert plan == compile_plan(m, HOST) and plan.port(pid).name == "renamed"
+
+
+def test_one_change_touches_no_other_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """O(change): a compile after one new port, one new member elsewhere or one changed
+    rule builds no PortPlan and no SetMember for any other port (counted, not timed)."""
+    from portwall.ir import incremental
+
+    built: list[str] = []
+    entry = incremental.PlanCompiler._port_entry
+
+    def count_entry(self: Any, port: Any) -> Any:
+        built.append(port.id)
+        return entry(self, port)
+
+    monkeypatch.setattr(incremental.PlanCompiler, "_port_entry", count_entry)
+    m, apps, shared = _workload(60)
+    compiler = PlanCompiler(HOST)
+    compiler.compile(m)
+    built.clear()
+    new = _add(m, next(iter(m.networks)), 900, [shared, apps[0]])
+    elsewhere = _add(m, next(iter(m.networks)), 901, [shared], host="elsewhere")
+    m.create_security_group_rule({"security_group_id": apps[1], "direction": "ingress",
+                                  "protocol": "udp", "port_range_min": 53,
+                                  "port_range_max": 53})
+    plan = compiler.compile(m)
+    assert built == [new, elsewhere]
+    assert plan == compile_plan(m, HOST)  # (a fresh compile builds every port: not counted)
+    built.clear()
+    m.delete_port(new)
+    plan = compiler.compile(m)
+    assert built == []
+    assert plan == compile_plan(m, HOST)
+
+
+def test_bulk_and_one_by_one_placement_agree() -> None:
+    """A first compile places ports and set members by one sort, later ones by bisect: the
+    plans (order of ports and of set members included) must be the same."""
+    m = Model(stable_ids("bulk"))
+    net = m.create_network({"name": "n"})
+    m.create_subnet({"network_id": net.id, "cidr": "10.0.0.0/16", "name": "s"})
+    shared = m.create_security_group({"name": "all"}).id
+    m.create_security_group_rule({"security_group_id": shared, "direction": "ingress",
+                                  "protocol": "tcp", "remote_group_id": shared})
+    one_by_one = PlanCompiler(HOST)
+    for i in range(150):
+        pid = _add(m, net.id, i, [shared])
+        if i % 3 == 0:  # ports with the same address as a pair: equal keys across ports
+            m.update_port(pid, {"allowed_address_pairs": [{"ip_address": "10.0.9.9"},
+                                                          {"ip_address": "10.0.0.0/24"}]})
+        one_by_one.compile(m)
+    bulk = PlanCompiler(HOST).compile(m)
+    plan = one_by_one.compile(m)
+    assert plan == bulk
+    sid = f"sg-{shared}-v4"
+    assert plan.address_sets[sid].members == bulk.address_sets[sid].members

@@ -50,6 +50,7 @@ from portwall.topology import loads_topology
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEED000 = EXAMPLES / "seed000-router-vm.yaml"
 MARK = "-m comment --comment pw-port-mark -j MARK --set-xmark 0x100000/0x300000"
+NOTRACK = "-m mark --mark 0x400000/0x400000 -m comment --comment pw-notrack -j CT --notrack"
 ACCEPTED = "-m mark --mark 0x200000/0x200000 -m comment --comment pw-group-accept -j RETURN"
 
 
@@ -65,8 +66,15 @@ def seed000(pairs: bool = False) -> Model:
     return model
 
 
+_SPOOF_RID = re.compile(r"--comment (spoof-[0-9a-f-]+-v[46]-\d+) ")
+
+
 def chain(rs: IptablesRuleset, family: int, name: str, table: str = "filter") -> list[str]:
-    return rs.tables[family][table].chains[name].rules  # type: ignore[index]
+    """A chain's rules, each anti-spoof entry's comment (``spoof-<port>-<n>``) shown as
+    ``spoof-<kind>`` through the ruleset's provenance (so the provenance is checked too)."""
+    rules = rs.tables[family][table].chains[name].rules  # type: ignore[index]
+    return [_SPOOF_RID.sub(lambda m: f"--comment spoof-{rs.provenance[m[1]].kind.value} ", r)
+            for r in rules]
 
 
 def port(plan: HostPlan, name: str) -> PortPlan:
@@ -119,7 +127,7 @@ def test_seed000_ingress_and_egress_chains_follow_neutron_order() -> None:
         MARK,
         "-s 0.0.0.0/32 -d 255.255.255.255/32 -p udp -m udp --sport 68 --dport 67"
         " -m comment --comment prov-dhcp-discover -j RETURN",
-        f"-m comment --comment pw-spoof-check -j {spoof_chain(p)}",
+        f"-m comment --comment spoof-{p.id} -j {spoof_chain(p)}",
         "-p udp -m udp --sport 68 --dport 67 -m comment --comment prov-dhcp-client -j RETURN",
         "-p udp -m udp --sport 67 --dport 68 -m comment --comment prov-dhcp-server-drop -j DROP",
         "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment ct-established-v4 -j RETURN",
@@ -173,7 +181,9 @@ def test_dispatch_forward_input_and_raw_layout() -> None:
     assert all("-m physdev --physdev-is-bridged" in r and r.endswith(f"-j {SG_CHAIN}")
                for r in chain(rs, 4, FORWARD_CHAIN))
     raw = chain(rs, 4, PREROUTING_CHAIN, "raw")
-    # stateful ports are zoned by their bridge: no per-port raw rule
+    # one fixed NOTRACK rule for hops the bridge table marked, then zones by bridge: no
+    # per-port raw rule
+    assert raw.pop(0) == NOTRACK
     assert not any(p.device in r for r in raw)
     assert [r.split()[1] for r in raw] == bridges
     assert all(r.endswith(f"-j CT --zone {q.zone}") for r, q in zip(
@@ -283,13 +293,37 @@ def test_stateless_port_is_untracked_and_has_no_conntrack_rules() -> None:
     sl, free = plan.port("b-sl"), plan.port("a-free")
     for fam in (4, 6):
         raw = chain(rs, fam, PREROUTING_CHAIN, "raw")
-        assert f"-m physdev --physdev-in {sl.device} -m comment --comment port-{sl.id}" \
-            " -j CT --notrack" in raw
-        assert not any(free.device in r for r in raw)
-        assert raw[-1] == f"-i {sl.bridge} -m comment --comment net-{sl.network_id}" \
-            f" -j CT --zone {sl.zone}"
+        # untracked only where the bridge table marked the hop (both ends stateless or
+        # non-port): no per-port raw rule at all
+        assert raw == [NOTRACK, f"-i {sl.bridge} -m comment --comment net-{sl.network_id}"
+                       f" -j CT --zone {sl.zone}"]
         for name in (ingress_chain(sl), egress_chain(sl)):
             assert not any("conntrack" in r for r in chain(rs, fam, name))
+    # the bridge table knows which ends are stateless and which are tracked
+    assert ("stateless_if", (sl.device,)) in rs.l2[sl.device].elements
+    assert ("stateless_mac", (sl.mac,)) in rs.l2[sl.device].elements
+    assert ("tracked_if", (free.device,)) in rs.l2[free.device].elements
+    c6 = plan.port("c-v6")
+    assert {("tracked_mac", (c6.mac,)), ("tracked_mac", ("fa:16:3e:00:00:aa",))} <= \
+        rs.l2[c6.device].elements
+
+
+def test_bridge_table_guards_arp_and_nd_with_the_spoof_entries() -> None:
+    """ARP (MAC, IP) and NA-target elements come from the same anti-spoof entries as the
+    IP chains: /32 and /128 in hash sets, CIDRs (and MAC-only = any) in interval sets;
+    unfiltered ports get no guard."""
+    plan = compile_plan(seed000(pairs=True))
+    rs = render_iptables(plan)
+    p = plan.port("vm0-net1")
+    el = rs.l2[p.device].elements
+    assert ("filtered_if", (p.device,)) in el
+    assert ("arp4", (p.device, p.mac, p.mac, "10.0.1.1")) in el
+    assert ("arp4_net", (p.device, p.mac, p.mac, "10.0.2.0/24")) in el
+    ll = int(ipaddress.ip_address(_ll(p.mac)))
+    assert ("nd6", (p.device, p.mac, f"0x{ll:032x}")) in el
+    free = compile_plan(load(MIXED)).port("a-free")
+    assert not any(s in ("filtered_if", "arp4", "arp4_net", "nd6", "nd6_net")
+                   for s, _ in render_iptables(compile_plan(load(MIXED))).l2[free.device].elements)
 
 
 def test_ipv6_spoof_chain_has_link_local_of_every_mac() -> None:
@@ -474,3 +508,130 @@ def test_rule_actions_map_to_return_and_drop() -> None:
         line = next(r for r in rendered if f"--comment {s.rid} " in r)
         assert line.endswith("-j RETURN" if s.action == Action.ALLOW else "-j DROP")
     assert sum("-j pw-s" in r for r in rendered) == 1  # the SpoofCheck: a jump to its chain
+
+
+# ----------------------------------------------------------------- provenance
+_COMMENT = re.compile(r'--comment ("[^"]*"|\S+)')
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_every_comment_tag_has_an_origin(example: str) -> None:
+    """The renderer records rid -> Origin for every line it writes (anti-spoof entries,
+    provider rules, dispatch, zones), so an apply error on any line names its resource."""
+    path = EXAMPLES / example
+    model = load(path.read_text(), str(path))
+    plan = compile_plan(model)
+    rs = render_iptables(plan)
+    text = restore_text(rs, 4) + restore_text(rs, 6)
+    tags = {m.strip('"') for m in _COMMENT.findall(text)}
+    assert tags, "the ruleset has no comments at all?"
+    missing = sorted(t for t in tags if t not in rs.provenance)
+    assert not missing, missing
+    # and each port's spoof entries and spoof jump trace back to that very port
+    for p in plan.ports:
+        if not p.filtered:
+            continue
+        for fam in (4, 6):
+            raw = rs.tables[fam]["filter"].chains[spoof_chain(p)].rules  # type: ignore[index]
+            for r in raw[:-1]:  # every entry; the last line is the shared drop
+                rid = _COMMENT.findall(r)[0]
+                assert rs.provenance[rid].resource_id == p.id, (rid, rs.provenance[rid])
+        assert rs.provenance[f"spoof-{p.id}"].resource_id == p.id
+
+
+def test_incremental_render_keeps_provenance_complete() -> None:
+    from portwall.backends.iptables.render import IptablesRenderer
+    from portwall.ir.compile import PlanCompiler
+
+    model = seed000()
+    compiler, renderer = PlanCompiler(), IptablesRenderer()
+    renderer.render(compiler.compile(model))
+    model.update_port("vm0-net1", {"allowed_address_pairs": [{"ip_address": "10.0.2.0/24"}]})
+    plan = compiler.compile(model)
+    rs = renderer.render(plan)
+    tags = {m.strip('"') for m in _COMMENT.findall(restore_text(rs, 4) + restore_text(rs, 6))}
+    assert tags <= set(rs.provenance)
+    pair = [rid for rid, o in rs.provenance.items()
+            if o.resource_id == plan.port("vm0-net1").id and "10.0.2.0/24" in o.detail]
+    assert pair and all(rid.startswith("spoof-") for rid in pair)
+
+
+# ----------------------------------------------------------------- bridge table sync
+class _FakeNft:
+    """Stands in for the namespace's ``nft``: no table at first, then accepts writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def run(self, argv: list[str], *, input: str | None = None, write: bool = False,
+            timeout: float = 120) -> object:
+        from portwall.kernel.runner import Result
+
+        if write:
+            self.writes.append(input or "")
+            return Result(0, "", "")
+        return Result(1, "", "Error: No such file or directory")
+
+
+def test_bridge_table_sync_writes_the_change_only() -> None:
+    from portwall.backends.iptables.l2 import L2Sync, parse_table, skeleton  # noqa: F401
+    from portwall.backends.iptables.render import IptablesRenderer
+    from portwall.ir.compile import PlanCompiler
+
+    model = seed000()
+    compiler, renderer = PlanCompiler(), IptablesRenderer()
+    fake = _FakeNft()
+    sync = L2Sync(fake)  # type: ignore[arg-type]
+    rs = renderer.render(compiler.compile(model))
+    first = sync.plan(rs.l2, trusted=False)
+    assert first.rebuilt and "table bridge portwall_l2 {" in first.script
+    assert sync.commit(first) is not None
+    # nothing changed: nothing to write
+    assert sync.plan(renderer.render(compiler.compile(model)).l2, trusted=True).script == ""
+    # one address pair: exactly its ARP element, nothing else
+    model.update_port("vm0-net1", {"allowed_address_pairs": [{"ip_address": "10.0.2.0/24"}]})
+    plan = compiler.compile(model)
+    p = plan.port("vm0-net1")
+    change = sync.plan(renderer.render(plan).l2, trusted=True)
+    assert change.script.splitlines() == [
+        f'add element bridge portwall_l2 arp4_net {{ "{p.device}" . {p.mac} . {p.mac} . '
+        "10.0.2.0/24 }"]
+    assert change.undo.startswith("delete element bridge portwall_l2 arp4_net")
+    sync.commit(change)
+    # a port leaves: its elements go, the table's skeleton stays
+    gone = plan.port("serverX-port")
+    model.delete_port(gone.id)
+    change = sync.plan(renderer.render(compiler.compile(model)).l2, trusted=True)
+    assert change.script and all(ln.startswith("delete element") for ln in
+                                 change.script.splitlines())
+    assert all(gone.device in ln or gone.mac in ln for ln in change.script.splitlines())
+
+
+def test_bridge_table_parses_back_what_it_writes() -> None:
+    """Elements read back from ``nft -j`` compare equal to rendered ones (so a full
+    resync after someone else's change diffs to nothing when nothing differs)."""
+    import json
+
+    from portwall.backends.iptables.l2 import CHAINS, SETS, parse_table
+
+    rs = render_iptables(compile_plan(seed000(pairs=True)))
+    want = {e for p in rs.l2.values() for e in p.elements}
+
+    def js(s: str, e: tuple[str, ...]) -> object:
+        parts: list[object] = []
+        for x in e:
+            if "/" in x:
+                a, n = x.split("/")
+                parts.append({"prefix": {"addr": a, "len": int(n)}})
+            elif x.startswith("0x") and "-" in x:
+                parts.append({"range": x.split("-")})
+            else:
+                parts.append(x)
+        return {"concat": parts} if len(parts) > 1 else parts[0]
+
+    objs: list[object] = [{"set": {"name": n, "elem": [js(s, e) for s, e in want if s == n]}}
+                          for n in SETS]
+    objs += [{"rule": {"chain": c, "comment": r.rsplit('comment "', 1)[1].rstrip('"')}}
+             for c, rules in CHAINS.items() for r in rules]
+    state = parse_table(json.dumps({"nftables": objs}))
+    assert state.skeleton_ok and state.elements == want

@@ -15,7 +15,15 @@ Semantics (``docs/architecture.md``):
   ports, ``icmp_type``/``icmp_code`` need ICMP or ICMPv6; a :class:`SetRef` holds if the
   address lies in a member CIDR of ``plan.address_sets[set_id]``; ``ct`` holds if the
   packet's conntrack state is listed;
-* a port with ``filtered=False`` (port security disabled) lets everything through.
+* a port with ``filtered=False`` (port security disabled) lets everything through;
+* conntrack sees a hop unless both ends are stateless ports, or a stateless port and
+  something that is not a port (:func:`hop_tracked`); an untracked packet's state is
+  UNTRACKED. Stateless ports have no conntrack steps, so a stateful port talking to a
+  stateless one still sees the replies as ESTABLISHED (as Neutron's OVS firewall does);
+* layer 2 (:func:`evaluate_arp`, and ``Packet.nd_target`` for neighbour advertisements): a
+  filtered port may send ARP only when the ARP sender MAC is the frame's source MAC and
+  (MAC, sender IP) is covered by an IPv4 :class:`SpoofEntry`; an ICMPv6 neighbour
+  advertisement only when its target is covered by an IPv6 entry of its source MAC.
 
 Remote-group lookups go through a per-plan index built lazily on first use (members bucketed
 by prefix length), so a lookup costs one dict probe per distinct prefix length instead of a
@@ -24,6 +32,7 @@ scan of every member: a trace stays far below a millisecond at 10,000 ports.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import weakref
 from collections.abc import Iterable
@@ -53,9 +62,12 @@ from portwall.ir.types import (
 from portwall.model.protocols import ICMP_PROTOCOLS, PORT_PROTOCOLS
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+ND_ADVERT = 136  # ICMPv6 neighbour advertisement
 Outcome = Literal["allow", "drop", "continue"]
 
 __all__ = [
+    "ArpPacket",
+    "ArpResult",
     "DirectionResult",
     "HopResult",
     "Outcome",
@@ -63,9 +75,12 @@ __all__ = [
     "PlanIndex",
     "SetIndex",
     "StepResult",
+    "evaluate_arp",
     "evaluate_direction",
     "evaluate_hop",
+    "hop_tracked",
     "match_packet",
+    "nd_entry_for",
     "plan_index",
     "spoof_entry_for",
 ]
@@ -92,6 +107,9 @@ class Packet:
     icmp_code: int | None = None
     src_mac: str | None = None
     ct: CtState = CtState.NEW
+    #: the target address of an ICMPv6 neighbour advertisement (type 136); None when the
+    #: packet is no NA or the target is not known (then it is not checked)
+    nd_target: IPAddress | None = None
 
     def __post_init__(self) -> None:
         src = ipaddress.ip_address(self.src) if isinstance(self.src, str) else self.src
@@ -102,6 +120,12 @@ class Packet:
         object.__setattr__(self, "dst", dst)
         if self.src_mac is not None:
             object.__setattr__(self, "src_mac", self.src_mac.lower())
+        if self.nd_target is not None:
+            t = self.nd_target
+            t = ipaddress.ip_address(t) if isinstance(t, str) else t
+            if t.version != 6 or self.protocol != 58 or self.icmp_type != ND_ADVERT:
+                raise ValueError("nd_target needs an ICMPv6 neighbour advertisement (type 136)")
+            object.__setattr__(self, "nd_target", t)
         if self.protocol not in PORT_PROTOCOLS and (self.sport is not None or self.dport is not None):
             raise ValueError(f"protocol {self.protocol} has no ports")
         if self.protocol not in ICMP_PROTOCOLS and (
@@ -269,6 +293,29 @@ def spoof_entry_for(port: PortPlan, pkt: Packet) -> SpoofEntry | None:
     return None
 
 
+def nd_entry_for(port: PortPlan, target: IPAddress, src_mac: str | None) -> SpoofEntry | None:
+    """The IPv6 anti-spoof entry that lets ``port`` advertise ``target`` from ``src_mac``
+    (any of its MACs when None), or None."""
+    for e in port.spoof:
+        if e.family != 6 or (e.cidr is not None and target not in e.cidr):
+            continue
+        if src_mac is not None and e.mac.lower() != src_mac:
+            continue
+        return e
+    return None
+
+
+def _untracked_end(port: PortPlan | None) -> bool:
+    return port is None or (port.filtered and not port.stateful)
+
+
+def hop_tracked(src: PortPlan | None, dst: PortPlan | None) -> bool:
+    """Does conntrack see a packet from ``src`` to ``dst`` (None: not a port)? Yes unless
+    both ends are stateless ports, or one is a stateless port and the other no port."""
+    stateless = any(p is not None and p.filtered and not p.stateful for p in (src, dst))
+    return not (stateless and _untracked_end(src) and _untracked_end(dst))
+
+
 # ------------------------------------------------------------------------ results
 @dataclass(frozen=True, slots=True)
 class StepResult:
@@ -303,6 +350,8 @@ class DirectionResult:
     member: SetMember | None = None
     spoof_entry: SpoofEntry | None = None
     spoof_checked: bool = False  # a SpoofCheck was walked (egress of a filtered port)
+    #: a neighbour advertisement for an address the port does not own was dropped
+    nd_target_denied: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +418,13 @@ def _walk(steps: Iterable[Step], port: PortPlan, direction: Direction, pkt: Pack
             walked.append(StepResult(step, "drop"))
             return DirectionResult(port, direction, False, step, step.origin, tuple(walked),
                                    None, None, None, True)
+        if pkt.nd_target is not None and nd_entry_for(port, pkt.nd_target, pkt.src_mac) is None:
+            walked.append(StepResult(step, "drop", spoof_entry=spoof_entry))
+            origin = Origin(OriginKind.SPOOF, "port", port.id, port.name,
+                            f"neighbour advertisement for {pkt.nd_target}, which is not an "
+                            "address of the port")
+            return DirectionResult(port, direction, False, step, origin, tuple(walked),
+                                   None, None, spoof_entry, True, True)
         walked.append(StepResult(step, "continue", spoof_entry=spoof_entry))
     # The compiler always ends with fallback drops; a plan without them still drops.
     origin = Origin(OriginKind.FALLBACK, "provider", "fallback", "fallback",
@@ -390,7 +446,62 @@ def evaluate_hop(plan: HostPlan, packet: Packet, src_port: PortPlan | None,
     """Egress of ``src_port`` then ingress of ``dst_port``; allowed iff both allow.
 
     Both sides are always evaluated (even when egress drops) so a trace can report every
-    problem on the path at once."""
+    problem on the path at once. A hop conntrack does not see (:func:`hop_tracked`) is
+    evaluated as UNTRACKED, whatever state the caller gave."""
+    if packet.ct is not CtState.UNTRACKED and not hop_tracked(src_port, dst_port):
+        packet = dataclasses.replace(packet, ct=CtState.UNTRACKED)
     eg = None if src_port is None else evaluate_direction(plan, src_port, "egress", packet)
     ing = None if dst_port is None else evaluate_direction(plan, dst_port, "ingress", packet)
     return HopResult(packet, eg, ing)
+
+
+# ------------------------------------------------------------------------ ARP
+@dataclass(frozen=True, slots=True)
+class ArpPacket:
+    """An ARP frame as the bridge sees it: the frame's source MAC and the ARP sender
+    (MAC, IP) it claims (a gratuitous ARP claims the address it announces)."""
+
+    frame_mac: str
+    sender_mac: str
+    sender_ip: ipaddress.IPv4Address
+    target_ip: ipaddress.IPv4Address | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frame_mac", self.frame_mac.lower())
+        object.__setattr__(self, "sender_mac", self.sender_mac.lower())
+        for k in ("sender_ip", "target_ip"):
+            v = getattr(self, k)
+            if isinstance(v, str):
+                object.__setattr__(self, k, ipaddress.IPv4Address(v))
+
+
+@dataclass(frozen=True, slots=True)
+class ArpResult:
+    """Whether a port may send an ARP frame, the entry that allowed it, and why not."""
+
+    port: PortPlan
+    packet: ArpPacket
+    allowed: bool
+    entry: SpoofEntry | None
+    origin: Origin
+    reason: str
+
+
+def evaluate_arp(port: PortPlan, arp: ArpPacket) -> ArpResult:
+    """May ``port`` send ``arp``? (The bridge table's ARP guard, step for step.)"""
+    if not port.filtered:
+        return ArpResult(port, arp, True, None, Origin(
+            OriginKind.UNFILTERED, "port", port.id, port.name,
+            "port security is disabled: ARP is not checked"), "port security disabled")
+    deny = Origin(OriginKind.SPOOF, "port", port.id, port.name, "")
+    if arp.sender_mac != arp.frame_mac:
+        why = (f"ARP sender MAC {arp.sender_mac} is not the frame's source MAC "
+               f"{arp.frame_mac}")
+        return ArpResult(port, arp, False, None, dataclasses.replace(deny, detail=why), why)
+    for e in port.spoof:
+        if e.family == 4 and e.mac.lower() == arp.sender_mac and (
+                e.cidr is None or arp.sender_ip in e.cidr):
+            return ArpResult(port, arp, True, e, e.origin,
+                             f"{arp.sender_ip} {arp.sender_mac} is allowed by {e.origin.detail}")
+    why = (f"ARP from {arp.sender_mac} claims {arp.sender_ip}, not in its allowed pairs")
+    return ArpResult(port, arp, False, None, dataclasses.replace(deny, detail=why), why)

@@ -413,6 +413,14 @@ class Tracer:
             steps.append(TraceStep(d.direction, "port", port.id, port.name,
                                    f"{who}: port security is disabled, nothing is filtered", "allow"))
             return
+        if d.direction == "egress" and d.nd_target_denied:
+            steps.append(TraceStep(
+                "anti-spoof", "port", port.id, port.name,
+                f"{who} advertises {pkt.nd_target} (neighbour advertisement), which is not "
+                f"among its fixed IPs, address pairs or link-local address: dropped", "deny"))
+            result.suggest(f"if {who} legitimately answers for {pkt.nd_target}, add an "
+                           f"allowed address pair {pkt.nd_target} to port {port.name}", 3)
+            return
         if d.direction == "egress" and d.spoof_checked:
             if d.spoof_entry is not None:
                 e = d.spoof_entry
@@ -559,11 +567,10 @@ def _with_mac(pkt: Packet, mac: str | None) -> Packet:
 
 
 def _ct_for(pkt: Packet, sender: PortPlan | None, receiver: PortPlan | None) -> Packet:
-    """A packet a stateless port sends is never tracked (CT --notrack on its way in), so an
-    "established" packet from one is UNTRACKED, which no conntrack rule accepts."""
-    if pkt.ct is not CtState.NEW and sender is not None and sender.filtered and not sender.stateful:
-        return Packet(pkt.family, pkt.src, pkt.dst, pkt.protocol, pkt.sport, pkt.dport,
-                      pkt.icmp_type, pkt.icmp_code, pkt.src_mac, CtState.UNTRACKED)
+    """The packet as conntrack leaves it on this hop. Conntrack sees every hop with a
+    stateful end, so a stateless server's reply to a stateful client is ESTABLISHED; a hop
+    between stateless ends (or a stateless port and a non-port) is untracked, which
+    :func:`evaluate_hop` applies itself."""
     return pkt
 
 
@@ -585,3 +592,9 @@ def trace(topo: Topology, plan: HostPlan, src: str, dst: str, proto: str | int,
     """Convenience: one trace over a loaded topology and its compiled plan."""
     return Tracer.for_topology(topo, plan).trace(src, dst, proto, **kw)
 
+
+# Layer 2 (ARP) explanations live next door; re-exported so ``trace`` is one place to look.
+from portwall.analyze.arptrace import ArpTrace, trace_arp  # noqa: E402
+
+__all__ = ["ArpTrace", "Hop", "TraceError", "TraceResult", "TraceStep", "Tracer", "trace",
+           "trace_arp"]

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 
-from portwall.bulk import cached_build
 from portwall.ir.types import (
     Action,
-    AddressSet,
     CtState,
     Family,
     HostPlan,
@@ -24,11 +21,8 @@ from portwall.ir.types import (
     Match,
     Origin,
     OriginKind,
-    PortPlan,
     PortRange,
     Rule,
-    RuleSet,
-    SetMember,
     SetRef,
     SpoofCheck,
     SpoofEntry,
@@ -296,244 +290,8 @@ def compile_plan(model: Model, host: str | None = None) -> HostPlan:
     return PlanCompiler(host).compile(model)
 
 
-# ------------------------------------------------------------ incremental compile
-#
-# What each piece of the plan depends on, and so when a cached piece is reused:
-#
-# * a port's parsed addresses and address-set contributions: the Port object alone;
-# * a PortPlan: the Port object, its network's conntrack zone, and the name and stateful
-#   flag of each of its groups (the Jumps name the group; ``stateful`` decides the conntrack
-#   steps). Nothing else: rules live in the shared RuleSets;
-# * a RuleSet: its group's name and stateful flag and the group's rule objects of its
-#   direction;
-# * an AddressSet: the contributions of the ports in the group, and the group's name.
-#
-# The model replaces a Port or SecurityGroup object when it is updated and never mutates a
-# rule once it is in a group (rules are added to / removed from the group's list), so object
-# identity is an exact O(1) fingerprint. Every cache entry keeps the objects its key was made
-# from alive, so an id() can never be reused by another object while it is part of a key.
+# The incremental compiler lives in its own module; it reads this module's helpers
+# through the module object (so tests may count or patch them).
+from portwall.ir.incremental import PlanCompiler  # noqa: E402
 
-
-@dataclass(slots=True)
-class _PortEntry:
-    """What was derived from one Port object, which it keeps (``entry.port is port``)."""
-
-    port: Port
-    on_host: bool  # gets a PortPlan: not a network-owned port, and bound to the host
-    fixed: tuple[IPNetwork, ...]
-    pair_nets: tuple[IPNetwork, ...]
-    contributes: dict[str, tuple[SetMember, ...]]  # address-set id -> this port's members
-    plan: PortPlan | None = None
-    # (rule-set id, group id, direction) of every Jump of the plan, ingress first: the
-    # order in which a fresh compile meets (and so inserts) rule sets.
-    rulesets: tuple[tuple[str, str, str], ...] = ()
-
-
-@dataclass(slots=True)
-class _RuleSetEntry:
-    key: tuple[object, ...]  # group name, stateful, ids of its rule objects (this direction)
-    rules_alive: tuple[SecurityGroupRule, ...]  # keeps the ids in ``key`` valid
-    ruleset: RuleSet
-    sets: frozenset[str]  # address sets its rules match on
-
-
-class PlanCompiler:
-    """Compiles a model into a :class:`HostPlan` again and again, redoing only what changed.
-
-    Keep one per host in a long-running process and call :meth:`compile` after every model
-    change: the cost is O(ports) identity checks plus the work for what actually changed
-    (one port's steps, one group's rules, one address set) instead of recompiling every
-    port. The result is always equal to a fresh :func:`compile_plan` of the same model, and
-    unchanged parts are the *same objects* as in the previous plan, so the renderer
-    (:class:`portwall.backends.iptables.render.IptablesRenderer`) can cache by identity too.
-    """
-
-    def __init__(self, host: str | None = None) -> None:
-        self.host = host
-        self._reset()
-
-    def _reset(self) -> None:
-        self._ports: dict[str, _PortEntry] = {}
-        # Address-set id -> port id -> that port's members; and the sets to rebuild.
-        self._members: dict[str, dict[str, tuple[SetMember, ...]]] = {}
-        self._dirty_sets: set[str] = set()
-        self._sets: dict[str, AddressSet] = {}
-        self._rulesets: dict[str, _RuleSetEntry] = {}
-        self._jumps: dict[str, Jump] = {}
-        self._group_sig: dict[str, tuple[str, bool]] = {}  # group id -> (name, stateful)
-        self._zones_key: tuple[str, ...] | None = None
-        self._zones: dict[str, int] = {}
-        self._order_key: tuple[str, ...] | None = None
-        self._order: list[str] = []
-
-    def compile(self, model: Model) -> HostPlan:
-        """The plan for the model as it is now (see :func:`compile_plan`)."""
-        with cached_build(self._reset):
-            return self._compile(model)
-
-    # ----------------------------------------------------------------- ports
-    def _sync_ports(self, model: Model) -> None:
-        """Bring the per-port entries and the address-set index up to date with the model."""
-        entries = self._ports
-        for pid, port in model.ports.items():
-            entry = entries.get(pid)
-            if entry is None or entry.port is not port:
-                self._forget_port(pid)
-                entry = entries[pid] = self._port_entry(port)
-                for sid, mem in entry.contributes.items():
-                    self._members.setdefault(sid, {})[pid] = mem
-                    self._dirty_sets.add(sid)
-        if len(entries) != len(model.ports):
-            for pid in [p for p in entries if p not in model.ports]:
-                self._forget_port(pid)
-
-    def _forget_port(self, pid: str) -> None:
-        entry = self._ports.pop(pid, None)
-        if entry is not None:
-            for sid in entry.contributes:
-                del self._members[sid][pid]
-                self._dirty_sets.add(sid)
-
-    def _port_entry(self, port: Port) -> _PortEntry:
-        fixed, pair_nets = _port_nets(port)
-        contributes: dict[str, tuple[SetMember, ...]] = {}
-        if port.port_security_enabled:
-            contrib: list[tuple[IPNetwork, OriginKind]] = [
-                (n, OriginKind.FIXED_IP) for n in fixed
-            ] + [(n, OriginKind.ADDRESS_PAIR) for n in pair_nets]
-            for gid in port.security_groups or ():
-                for net, kind in contrib:
-                    sid = set_id(gid, net.version)
-                    contributes[sid] = (*contributes.get(sid, ()),
-                                        SetMember(net, port.id, port.name, kind))
-        on_host = not port.is_trusted and self.host in (None, port.binding_host_id)
-        return _PortEntry(port, on_host, fixed, pair_nets, contributes)
-
-    def _port_order(self, model: Model) -> list[str]:
-        """Port ids sorted, re-sorted only when the set of ports changed."""
-        key = tuple(model.ports)
-        if key != self._order_key:
-            self._order_key, self._order = key, sorted(key)
-        return self._order
-
-    def _zone_map(self, model: Model) -> tuple[dict[str, int], bool]:
-        """The zone of every network, and whether it may differ from the last compile."""
-        key = tuple(model.networks)
-        if key == self._zones_key:
-            return self._zones, False
-        self._zones_key, self._zones = key, zone_for(key)
-        return self._zones, True
-
-    def _changed_groups(self, groups: Mapping[str, SecurityGroup]) -> set[str]:
-        """Groups whose name or stateful flag (what a PortPlan reads) changed, or that
-        appeared or went away, since the last compile."""
-        sig = {gid: (g.name, g.stateful) for gid, g in groups.items()}
-        old, self._group_sig = self._group_sig, sig
-        if sig == old:
-            return set()
-        return {gid for gid in sig.keys() | old.keys() if sig.get(gid) != old.get(gid)}
-
-    # ------------------------------------------------------------- rule sets
-    def _ruleset(self, groups: Mapping[str, SecurityGroup], rsid: str, gid: str,
-                 direction: str) -> _RuleSetEntry:
-        g = groups[gid]
-        rules = tuple(r for r in g.security_group_rules if r.direction == direction)
-        key = (g.name, g.stateful, tuple(map(id, rules)))
-        cached = self._rulesets.get(rsid)
-        if cached is not None and cached.key == key:
-            return cached
-        compiled = tuple(compile_rule(r, g) for r in rules)
-        refs = frozenset(a.set_id for r in compiled for a in (r.match.src, r.match.dst)
-                         if isinstance(a, SetRef))
-        ruleset = RuleSet(rsid, gid, g.name, direction, g.stateful, compiled)  # type: ignore[arg-type]
-        entry = self._rulesets[rsid] = _RuleSetEntry(key, rules, ruleset, refs)
-        return entry
-
-    def _jump(self, group: SecurityGroup, rsid: str) -> Jump:
-        """One Jump per rule set, shared by its ports (as a fresh compile shares it)."""
-        j = self._jumps.get(rsid)
-        if j is None or j.origin.resource_name != group.name:
-            j = self._jumps[rsid] = Jump(rsid, Origin(
-                OriginKind.GROUP, "security_group", group.id, group.name,
-                f"port is in group {group.label()}"))
-        return j
-
-    # ---------------------------------------------------------------- compile
-    def _compile(self, model: Model) -> HostPlan:
-        groups = model.security_groups
-        zones, zones_moved = self._zone_map(model)
-        changed_groups = self._changed_groups(groups)
-        self._sync_ports(model)
-
-        rulesets: dict[str, RuleSet] = {}  # in first-use order, as a fresh compile builds it
-        referenced_sets: set[str] = set()
-        plans: list[PortPlan] = []
-        for pid in self._port_order(model):
-            entry = self._ports[pid]
-            if not entry.on_host:
-                continue
-            plan = entry.plan
-            if (plan is None
-                    or (changed_groups and not changed_groups.isdisjoint(plan.groups))
-                    or (zones_moved and plan.zone != zones[plan.network_id])):
-                plan = self._port_plan(entry, groups, zones)
-            plans.append(plan)
-            for rsid, gid, direction in entry.rulesets:
-                if rsid not in rulesets:
-                    rs = self._ruleset(groups, rsid, gid, direction)
-                    rulesets[rsid] = rs.ruleset
-                    referenced_sets |= rs.sets
-
-        address_sets = {sid: self._address_set(sid, groups) for sid in sorted(referenced_sets)}
-        # Forget what is no longer in the plan (rebuilt if it comes back); so a set outside
-        # the plan needs no dirty flag either.
-        self._dirty_sets.clear()
-        for sid in [s for s in self._sets if s not in address_sets]:
-            del self._sets[sid]
-        for rsid in [r for r in self._rulesets if r not in rulesets]:
-            del self._rulesets[rsid]
-            self._jumps.pop(rsid, None)
-        return HostPlan(host=self.host, ports=tuple(plans), rulesets=rulesets,
-                        address_sets=address_sets)
-
-    def _port_plan(self, entry: _PortEntry, groups: Mapping[str, SecurityGroup],
-                   zones: Mapping[str, int]) -> PortPlan:
-        """Compile one port (and remember the plan and the rule sets it jumps to)."""
-        port = entry.port
-        gids = tuple(port.security_groups or ())
-        filtered = bool(port.port_security_enabled)
-        stateful = all(groups[g].stateful for g in gids)
-        rsids: tuple[tuple[str, str, str], ...] = ()
-        if filtered:
-            rsids = tuple((ruleset_id(g, d), g, d) for d in ("ingress", "egress") for g in gids)
-            jumps = {d: [self._jump(groups[g], rsid) for rsid, g, dd in rsids if dd == d]
-                     for d in ("ingress", "egress")}
-            ingress, egress = _port_steps(port, jumps["ingress"], jumps["egress"], stateful,
-                                          entry.fixed)
-            spoof = _spoof_entries(port, entry.fixed, entry.pair_nets)
-        else:
-            ingress = egress = ()
-            spoof = ()
-        entry.plan = PortPlan(
-            id=port.id, name=port.name, device=tap_name(port.id),
-            bridge=bridge_name(port.network_id), mac=port.mac_address or "",
-            network_id=port.network_id, zone=zones[port.network_id], filtered=filtered,
-            stateful=stateful, addresses=entry.fixed, spoof=spoof, ingress=ingress,
-            egress=egress, groups=gids,
-        )
-        entry.rulesets = rsids
-        return entry.plan
-
-    def _address_set(self, sid: str, groups: Mapping[str, SecurityGroup]) -> AddressSet:
-        """The set, rebuilt only if a member port changed since the last compile."""
-        gid, fam = sid[3:-3], int(sid[-1])
-        name = groups[gid].name
-        cached = self._sets.get(sid)
-        if cached is not None and sid not in self._dirty_sets and cached.group_name == name:
-            return cached
-        # Sorted as ipaddress would (one family per set, so the integer orders the same).
-        mem = tuple(sorted((m for ms in self._members.get(sid, {}).values() for m in ms),
-                           key=lambda m: (int(m.cidr.network_address), m.cidr.prefixlen,
-                                          m.port_id)))
-        aset = self._sets[sid] = AddressSet(sid, fam, gid, name, mem)  # type: ignore[arg-type]
-        return aset
+__all__ = ["PlanCompiler", "compile_plan", "compile_rule", "link_local", "zone_for"]

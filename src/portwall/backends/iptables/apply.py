@@ -24,9 +24,11 @@ import time
 from collections.abc import Mapping
 from typing import cast
 
+from portwall.backends.iptables import l2
 from portwall.backends.iptables import render as rnames
 from portwall.backends.iptables.drift import describe_drift
 from portwall.backends.iptables.ipset import SetConflict, SetPlan, destroy_script, plan_sets
+from portwall.backends.iptables.l2 import L2Sync
 from portwall.backends.iptables.report import ApplyError, IptablesReport
 from portwall.backends.iptables.snapshot import (
     FamilyState,
@@ -47,7 +49,7 @@ from portwall.backends.iptables.types import (
     Table,
     TableName,
 )
-from portwall.ir.types import HostPlan, Jump, Origin, OriginKind, Rule, SetRef, SpoofCheck
+from portwall.ir.types import HostPlan, Jump, Origin, SetRef
 from portwall.kernel import conntrack as ct
 from portwall.kernel.runner import Job, NftGeneration, Result, Runner
 
@@ -66,24 +68,9 @@ def _tools(legacy: bool) -> dict[tuple[int, str], str]:
 
 
 def origins(plan: HostPlan) -> dict[str, Origin]:
-    """Rule ids (as written in the kernel's comments) -> the resource behind them."""
-    out: dict[str, Origin] = {}
-    for rs in plan.rulesets.values():
-        for r in rs.rules:
-            out.setdefault(r.rid, r.origin)
-    for p in plan.ports:
-        out.setdefault(f"port-{p.id}", Origin(OriginKind.PROVIDER, "port", p.id, p.name,
-                                              f"dispatch of port {p.device}"))
-        out.setdefault(f"unfiltered-{p.id}", Origin(OriginKind.UNFILTERED, "port", p.id,
-                                                    p.name, "port security disabled"))
-        for step in (*p.ingress, *p.egress):
-            if isinstance(step, Rule):
-                out.setdefault(step.rid, step.origin)
-            elif isinstance(step, Jump):
-                out.setdefault(step.ruleset_id, step.origin)
-            elif isinstance(step, SpoofCheck):
-                out.setdefault(f"spoof-{p.id}", step.origin)
-    return out
+    """Rule ids (as written in the kernel's comments) -> the resource behind them: the
+    renderer's own provenance of ``plan`` (one-shot; an applier uses the ruleset's)."""
+    return dict(rnames.render_iptables(plan).provenance)
 
 
 def _tables_of(ruleset: IptablesRuleset, family: int) -> Mapping[str, Table]:
@@ -126,6 +113,7 @@ class IptablesApplier:
         # cached snapshot proves the kernel still holds them: an incremental renderer hands
         # back the same object for an unchanged chain, so identity spares comparing it.
         self._synced: dict[tuple[int, str, str], Chain] = {}
+        self._l2 = L2Sync(self.runner)  # the bridge table (ARP/ND guard, tracking marks)
 
     # ------------------------------------------------------------------ reading
     def _save_all(self) -> dict[int, FamilyState]:
@@ -173,7 +161,8 @@ class IptablesApplier:
         """Human-readable differences between the kernel and ``ruleset``; [] when in sync.
         Always reads the kernel afresh."""
         tables, _ = self._read_tables(fresh=True)
-        return describe_drift(ruleset, tables, self._read_sets())
+        return (describe_drift(ruleset, tables, self._read_sets())
+                + l2.describe_drift(self._l2.read(), ruleset.l2))
 
     # ------------------------------------------------------------------ writing
     def apply(self, ruleset: IptablesRuleset, plan: HostPlan | None = None) -> IptablesReport:
@@ -195,20 +184,28 @@ class IptablesApplier:
             f: plan_family(f, _tables_of(ruleset, f), tables.get(f, {}),
                            _in_sync(ruleset, f, synced))
             for f in FAMILIES}
+        l2change = self._l2.plan(ruleset.l2, trusted=rep.cached_read)
         rep.timings["diff"] = time.perf_counter() - t0 - rep.timings["read"]
-        if setplan.empty() and all(s.empty() for s in scripts.values()):
+        if setplan.empty() and all(s.empty() for s in scripts.values()) and not l2change.script:
+            self._l2.commit(l2change)
             self._remember(ruleset)
             rep.seconds = time.perf_counter() - t0
             return rep
 
         rep.noop = False
         self._fill_counts(rep, scripts, setplan)
+        rep.l2_added, rep.l2_removed = l2change.added, l2change.removed
         # Chains that existed and changed; a chain created now (a port just plugged) had no
         # filter before, so there is nothing it used to allow that might now be denied.
         changed_chains = {c for s in scripts.values() for t in s.tables
                           for c in (*t.rewritten, *t.edited, *t.deleted)}
-        self._sets_before(setplan)
-        self._load(scripts, tables, setplan, plan)
+        self._commit_l2(l2change, ruleset.provenance)
+        try:
+            self._sets_before(setplan)
+            self._load(scripts, tables, setplan, ruleset.provenance)
+        except ApplyError:
+            self._l2.undo(l2change)
+            raise
         self._sets_after(setplan)
         self._remember(ruleset)
         rep.timings["write"] = time.perf_counter() - t0 - rep.timings["read"] - rep.timings["diff"]
@@ -222,6 +219,31 @@ class IptablesApplier:
         rep.write_commands = [" ".join(c.argv) for c in self.runner.writes]
         rep.seconds = time.perf_counter() - t0
         return rep
+
+    def _commit_l2(self, change: l2.L2Change, provenance: Mapping[str, Origin]) -> None:
+        """Write the bridge table's change (one nft transaction) before the iptables part;
+        account for its generation bump so the iptables snapshot stays trusted."""
+        res = self._l2.commit(change)
+        if res is None:
+            return
+        if res.returncode != 0:
+            m = _LINE.search(res.stderr)
+            lines = change.script.splitlines()
+            n = int(m.group(1)) if m else None
+            line = lines[n - 1] if n is not None and 0 < n <= len(lines) else None
+            origin = None
+            if line is not None and " element " in line:  # name the port of the element
+                dev = line.split("{", 1)[1].strip().split(" ", 1)[0].strip('"')
+                origin = provenance.get(f"l2-{dev}")
+            raise ApplyError(f"nft refused the bridge table {l2.TABLE} change; the previous "
+                             "rules stay enforced", command="nft -f -", line=line, line_no=n,
+                             origin=origin, stderr=res.stderr)
+        gen = self._gen.get() if self._gen is not None else None
+        if (self._cache is not None and self._cache_gen is not None and gen is not None
+                and gen == self._cache_gen + 1):
+            self._cache_gen = gen
+        else:
+            self._cache, self._cache_gen, self._synced = None, None, {}
 
     def _remember(self, ruleset: IptablesRuleset) -> None:
         """After a successful apply whose result the cache holds, note the chain objects."""
@@ -310,7 +332,7 @@ class IptablesApplier:
                 for f in FAMILIES if f in texts}
 
     def _load(self, scripts: Mapping[int, FamilyScript], before: dict[int, FamilyState],
-              sp: SetPlan, plan: HostPlan | None) -> None:
+              sp: SetPlan, provenance: Mapping[str, Origin] | None) -> None:
         """One restore per family; on failure put the previous state back and raise."""
         gen0 = self._gen.get() if self._gen is not None else None
         maps = {f: s.text_and_map() for f, s in scripts.items() if not s.empty()}
@@ -318,7 +340,7 @@ class IptablesApplier:
         for fam, res in results.items():
             if res.returncode != 0:
                 text, where = maps[fam]
-                exc = self._explain(fam, res.stderr, text, where, plan)
+                exc = self._explain(fam, res.stderr, text, where, provenance)
                 exc.rolled_back = self._rollback(before)
                 self._destroy_quietly(sp.created)
                 raise exc
@@ -336,7 +358,7 @@ class IptablesApplier:
             self._cache, self._cache_gen = (new, gen1) if ok else (None, None)
 
     def _explain(self, family: int, stderr: str, text: str, where: list[SourceLine],
-                 plan: HostPlan | None) -> ApplyError:
+                 provenance: Mapping[str, Origin] | None) -> ApplyError:
         lines = text.splitlines()
         m = _LINE.search(stderr)
         n = _culprit(lines, where, int(m.group(1)), stderr) if m else None
@@ -345,8 +367,8 @@ class IptablesApplier:
             line, src = lines[n - 1], where[n - 1]
             if src.spec is not None:
                 rid = comment_of(src.spec)
-                if rid is not None and plan is not None:
-                    origin = origins(plan).get(rid)
+                if rid is not None and provenance is not None:
+                    origin = provenance.get(rid)
         what = f"IPv{family} {src.table} chain {src.chain}" if src and src.chain else f"IPv{family}"
         return ApplyError(f"iptables-restore failed ({what}); the previous rules stay enforced",
                           command=self._tools[(family, "restore")], line=line, line_no=n,
@@ -384,6 +406,7 @@ class IptablesApplier:
                 self._cache = None
                 raise self._explain(fam, res.stderr, maps[fam][0], maps[fam][1], None)
         self._cache = None
+        self._l2.remove()
         names = sorted(self._read_sets())
         if names:
             self._ipset_restore([f"destroy {n}" for n in names], "removal of portwall's sets")

@@ -18,8 +18,9 @@ The layout (``docs/architecture.md``) per family, filter table::
            a match sets the "accept" mark bit and the port chain RETURNs on it (Calico style),
            so the rule count grows with ports + rules, never ports x rules
 
-and in the raw table ``PREROUTING -> pw-PREROUTING``: a conntrack zone per network (or
-``CT --notrack`` for stateless ports).
+and in the raw table ``PREROUTING -> pw-PREROUTING``: one fixed ``CT --notrack`` for hops the
+bridge table marked untracked, then a conntrack zone per network. The bridge table itself
+(ARP/ND anti-spoofing, which hops are tracked) is :mod:`.l2`: per port only set elements.
 
 Rules are stored without ``-A <chain>`` and in ``iptables-save``'s canonical spelling
 (checked against iptables 1.8.9, nft and legacy backends, by ``tests/e2e/test_render_loads.py``)
@@ -38,6 +39,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from portwall.backends.iptables.l2 import MARK_NOTRACK, L2Port, port_elements
+from portwall.backends.iptables.l2 import ORIGINS as L2_ORIGINS
 from portwall.backends.iptables.types import (
     PREFIX,
     SET_PREFIX,
@@ -46,6 +49,7 @@ from portwall.backends.iptables.types import (
     IpFamily,
     IpSet,
     IptablesRuleset,
+    Provenance,
     Table,
 )
 from portwall.bulk import cached_build
@@ -58,6 +62,8 @@ from portwall.ir.types import (
     IPNetwork,
     Jump,
     Match,
+    Origin,
+    OriginKind,
     PortPlan,
     PortRange,
     Rule,
@@ -65,7 +71,6 @@ from portwall.ir.types import (
     SetMember,
     SetRef,
     SpoofCheck,
-    SpoofEntry,
 )
 
 # Mark bits portwall owns. SEEN: a portwall port chain handled the packet (pw-sg accepts
@@ -266,6 +271,41 @@ _GROUP_ACCEPT = f"{_has_mark(MARK_ACCEPT)} {_comment('pw-group-accept')} -j RETU
 _SPOOF_DROP = f"{_comment('pw-spoof-drop')} -j DROP"
 
 
+_NOTRACK = f"{_has_mark(MARK_NOTRACK)} {_comment('pw-notrack')} -j CT --notrack"
+
+
+def _structural(tag: str, detail: str, kind: OriginKind = OriginKind.PROVIDER) -> Origin:
+    return Origin(kind, "provider", tag, tag, detail)
+
+
+#: Origins of the comment tags that every host's ruleset carries (not tied to a resource).
+STRUCTURAL_ORIGINS: dict[str, Origin] = {
+    "pw-hook": _structural("pw-hook", "portwall's hook in a built-in chain"),
+    "pw-mark-reset": _structural("pw-mark-reset", "clears portwall's mark bits"),
+    "pw-dispatch": _structural("pw-dispatch", "per-port dispatch of bridged traffic"),
+    "pw-seen-accept": _structural("pw-seen-accept", "accepts what a port chain allowed"),
+    "pw-port-mark": _structural("pw-port-mark", "marks a packet as handled by a port chain"),
+    "pw-group-accept": _structural("pw-group-accept",
+                                   "returns when a security-group chain allowed the packet"),
+    "pw-notrack": _structural("pw-notrack", "a hop between stateless ports (or a stateless port"
+                              " and a non-port) is not tracked"),
+    "pw-spoof-drop": _structural("pw-spoof-drop", "source IP/MAC not on the port's allow-list",
+                                 OriginKind.SPOOF),
+}
+
+
+def spoof_rid(port: PortPlan, family: int, index: int) -> str:
+    """The comment of a port's ``index``-th anti-spoof entry of ``family``: names the port,
+    so a failing or drifting spoof line is traced to it (numbered per family, so a new IPv4
+    pair leaves the IPv6 chain's text alone)."""
+    return f"spoof-{port.id}-v{family}-{index}"
+
+
+def _net_origin(network_id: str, zone: int) -> Origin:
+    return Origin(OriginKind.PROVIDER, "network", network_id, "",
+                  f"bridged traffic of network {network_id} (conntrack zone {zone})")
+
+
 _MISSING = ("<unknown rule set>",)  # a Jump's rule set absent from the plan
 
 
@@ -279,7 +319,8 @@ class _PortOut:
     chains: dict[int, tuple[tuple[str, Chain], ...]]  # family -> (name, chain), in order
     dispatch: tuple[str, ...]
     inp: tuple[str, ...]
-    raw: str | None  # NOTRACK rule of a stateless filtered port
+    l2: L2Port  # the port's elements in the bridge table (l2.py)
+    origins: dict[str, Origin]  # comment tag -> resource, for every line above
 
 
 @dataclass(slots=True)
@@ -292,6 +333,7 @@ class _GroupOut:
     name: str
     chain: dict[int, Chain | None]
     jump: dict[int, tuple[str, str] | None]
+    origins: dict[str, Origin]  # rule ids of the chain -> their rules' origins
 
 
 class IptablesRenderer:
@@ -392,7 +434,7 @@ class IptablesRenderer:
 
     def _render_group(self, rsid: str, rs: RuleSet) -> _GroupOut:
         name = group_chain(rs)
-        out = _GroupOut(rs, rsid, name, {}, {})
+        out = _GroupOut(rs, rsid, name, {}, {}, {r.rid: r.origin for r in rs.rules})
         set_accept = _mark(MARK_ACCEPT, MARK_ACCEPT)
         for family in (4, 6):
             rules = [r for r in rs.rules if r.match.family == family]
@@ -434,56 +476,68 @@ class IptablesRenderer:
             return _PortOut(p, frozenset(), {4: (), 6: ()}, (
                 f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} {seen}",
                 f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} {seen}",
-            ), (), None)
+            ), (), port_elements(p), {f"unfiltered-{p.id}": Origin(
+                OriginKind.UNFILTERED, "port", p.id, p.name, "port security disabled"),
+                f"l2-{p.device}": Origin(OriginKind.UNFILTERED, "port", p.id, p.name,
+                                         f"bridge-table elements of port {p.device}")})
         ich, och, sch = names
         chains: dict[int, tuple[tuple[str, Chain], ...]] = {}
         used: set[str] = set()  # rule sets the port jumps to (filled while rendering)
+        origins: dict[str, Origin] = {
+            f"port-{p.id}": Origin(OriginKind.PROVIDER, "port", p.id, p.name,
+                                   f"dispatch of port {p.device}"),
+            f"l2-{p.device}": Origin(OriginKind.SPOOF, "port", p.id, p.name,
+                                     f"ARP/ND guard and tracking of port {p.device}")}
         for family in (4, 6):
             jumps = self._jumps[family]
             chains[family] = (
-                (sch, Chain(sch, self._spoof_rules(p.spoof, family))),
-                (ich, Chain(ich, self._port_rules(p, p.ingress, family, jumps, sch, used))),
-                (och, Chain(och, self._port_rules(p, p.egress, family, jumps, sch, used))),
+                (sch, Chain(sch, self._spoof_rules(p, family, origins))),
+                (ich, Chain(ich, self._port_rules(p, p.ingress, family, jumps, sch, used,
+                                                  origins))),
+                (och, Chain(och, self._port_rules(p, p.egress, family, jumps, sch, used,
+                                                  origins))),
             )
         tag = _comment(f"port-{p.id}")
-        raw = (None if p.stateful else
-               f"-m physdev --physdev-in {p.device} {tag} -j CT --notrack")
         return _PortOut(
             p, frozenset(used), chains,
             (f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
              f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j {och}"),
-            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), raw)
+            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), port_elements(p), origins)
 
     def _port_rules(self, port: PortPlan, steps: Iterable[object], family: IpFamily,
                     group_jump: Mapping[str, tuple[str, str] | None], spoof: str,
-                    used: set[str]) -> list[str]:
+                    used: set[str], origins: dict[str, Origin]) -> list[str]:
         out = [_PORT_MARK]
         for step in steps:
             if isinstance(step, Rule):
                 if step.match.family == family:
                     out.append(self.rule(step, _ACTION_TARGET[step.action]))
+                    origins[step.rid] = step.origin
             elif isinstance(step, Jump):
                 used.add(step.ruleset_id)
                 jump = group_jump.get(step.ruleset_id)
                 if jump is not None:
                     out += jump
+                    origins[step.ruleset_id] = step.origin
                 elif step.ruleset_id not in group_jump:
                     raise RenderError(f"port {port.id} jumps to unknown rule set {step.ruleset_id}")
             elif isinstance(step, SpoofCheck):
-                out.append(f"{_comment('pw-spoof-check')} -j {spoof}")
+                out.append(f"{_comment(f'spoof-{port.id}')} -j {spoof}")
+                origins[f"spoof-{port.id}"] = step.origin
             else:  # pragma: no cover - the IR has exactly three step kinds
                 raise RenderError(f"unknown step {step!r}")
         return out
 
     @staticmethod
-    def _spoof_rules(entries: Iterable[SpoofEntry], family: IpFamily) -> list[str]:
-        out = []
-        for e in entries:
+    def _spoof_rules(port: PortPlan, family: IpFamily, origins: dict[str, Origin]) -> list[str]:
+        out: list[str] = []
+        for e in port.spoof:
             if e.family != family:
                 continue
             src = "" if e.cidr is None or not e.cidr.prefixlen else f"-s {_net(e.cidr)} "
-            out.append(f"{src}-m mac --mac-source {e.mac.lower()} "
-                       f"{_comment(f'spoof-{e.origin.kind.value}')} -j RETURN")
+            rid = spoof_rid(port, family, len(out))
+            out.append(f"{src}-m mac --mac-source {e.mac.lower()} {_comment(rid)} -j RETURN")
+            origins[rid] = e.origin
         out.append(_SPOOF_DROP)
         return out
 
@@ -504,6 +558,11 @@ class IptablesRenderer:
             ruleset.tables[family] = {"filter": self._filter_table(family, groups, ports, bridges),
                                       "raw": self._raw_table(ports, bridges)}
         ruleset.ipsets = self._ipsets_of(plan)
+        ruleset.l2 = {out.plan.device: out.l2 for out in ports}
+        ruleset.provenance = Provenance([
+            STRUCTURAL_ORIGINS, L2_ORIGINS,
+            {f"net-{nid}": _net_origin(nid, zone) for nid, zone in bridges.values()},
+            *(g.origins for g in groups), *(out.origins for out in ports)])
         return ruleset
 
     @staticmethod
@@ -537,10 +596,11 @@ class IptablesRenderer:
     def _raw_table(ports: list[_PortOut], bridges: Mapping[str, tuple[str, int]]) -> Table:
         """Conntrack zones, one per network, by bridge: with bridge netfilter a bridged
         packet's in-interface is the bridge, so one rule per bridge zones every port of the
-        network (and the host's own traffic into it). Only stateless ports get a rule of their
-        own (NOTRACK), placed first because the first CT target a packet meets wins. Keeping
-        stateful ports out of this table means adding one leaves the raw table untouched."""
-        rules = [out.raw for out in ports if out.raw is not None]
+        network (and the host's own traffic into it). Before them (the first CT target a
+        packet meets wins) one fixed NOTRACK rule for hops the bridge table marked untracked
+        (both ends stateless, or stateless and not a port: see l2.py). No port has a rule
+        here, so adding one, stateless or not, leaves the raw table untouched."""
+        rules = [_NOTRACK]
         for bridge, (nid, zone) in bridges.items():
             rules.append(f"-i {bridge} {_comment(f'net-{nid}')} -j CT --zone {zone}")
         table = Table("raw")

@@ -30,6 +30,8 @@ class IptablesReport:
     written: list[tuple[int, str, str]] = field(default_factory=list)
     deleted: list[tuple[int, str, str]] = field(default_factory=list)
     sets_swapped: int = 0
+    l2_added: int = 0  # bridge-table elements added / removed (l2.py)
+    l2_removed: int = 0
     rules_written: int = 0  # lines in the iptables-restore input(s)
     conntrack_checked: int = 0  # entries evaluated against the new plan
     #: True when the kernel state was taken from the cache (nf_tables generation unchanged)

@@ -8,8 +8,12 @@ the desired state with what the kernel reports chain by chain, as plain strings.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from portwall.backends.iptables.l2 import L2Port
+from portwall.ir.types import Origin
 
 IpFamily = Literal[4, 6]
 TableName = Literal["filter", "raw", "mangle", "nat"]
@@ -72,9 +76,46 @@ class IpSet:
     maxelem: int = 65536  # ipset default; raised (powers of two) to twice the members
 
 
+class Provenance(Mapping[str, Origin]):
+    """Comment tag (rule id) -> the resource behind the line, for every line a ruleset
+    writes. Made of the renderer's per-port and per-group pieces and merged only when
+    someone reads it (an apply error, drift, a test), so a render never pays for it."""
+
+    def __init__(self, parts: Sequence[Mapping[str, Origin]] = ()) -> None:
+        self._parts = parts
+        self._merged: dict[str, Origin] | None = None
+
+    def _all(self) -> dict[str, Origin]:
+        if self._merged is None:
+            merged: dict[str, Origin] = {}
+            for part in self._parts:
+                for k, v in part.items():
+                    merged.setdefault(k, v)
+            self._merged = merged
+        return self._merged
+
+    def __getitem__(self, rid: str) -> Origin:
+        return self._all()[rid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __eq__(self, other: object) -> bool:  # provenance never decides ruleset equality
+        return isinstance(other, Provenance)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass
 class IptablesRuleset:
-    """The whole desired iptables+ipset state of one host."""
+    """The whole desired iptables+ipset state of one host, with the provenance of every
+    line it writes."""
 
     tables: dict[IpFamily, dict[TableName, Table]] = field(default_factory=dict)
     ipsets: dict[str, IpSet] = field(default_factory=dict)
+    #: the bridge table's elements (ARP/ND guard, tracked or not), per port device
+    l2: dict[str, L2Port] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
