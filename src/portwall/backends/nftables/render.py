@@ -1,0 +1,378 @@
+"""IR -> portwall's nftables tables (layout in :mod:`.layout`), incrementally.
+
+Ports share chains: a port's steps are turned into the lines of its direction chains with
+everything port-specific moved into set elements keyed by the port's mark id (its anti-spoof
+pairs; rules on the port's own addresses such as "DHCP reply to my fixed IP" become one
+template rule ``meta mark . ip daddr @t_...`` plus one element per address). Ports whose
+lines are equal -- the same groups, flags and provider rules -- use one chain, named by a
+digest of its lines. So a new port adds elements (and a chain only for a new group
+combination), a new member adds one element, a changed rule rewrites one group chain.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from portwall.backends.nftables.layout import BASE_CHAINS, BRIDGE_SETS, INET_SETS, SPOOF_CHAIN
+from portwall.backends.nftables.spell import (
+    MAX_PORT_ID,
+    VERDICT,
+    RenderError,
+    addr,
+    collapse,
+    comment,
+    digest,
+    ident,
+    mark_of,
+    match_variants,
+    quote,
+    set_names,
+)
+from portwall.backends.nftables.types import (
+    BRIDGE,
+    INET,
+    NftChain,
+    NftRuleset,
+    NftSet,
+    SetKey,
+)
+from portwall.bulk import cached_build
+from portwall.ir.types import (
+    AddressSet,
+    HostPlan,
+    IPNetwork,
+    Jump,
+    Origin,
+    OriginKind,
+    PortPlan,
+    Rule,
+    RuleSet,
+    SpoofCheck,
+    Step,
+)
+
+_NETS = (ipaddress.IPv4Network, ipaddress.IPv6Network)
+_SPOOF_ORIGIN = Origin(OriginKind.SPOOF, "provider", "spoof", "spoof",
+                       "source IP/MAC not among the port's anti-spoof entries")
+
+
+def group_chain(rs: RuleSet) -> str:
+    return f"g{'i' if rs.direction == 'ingress' else 'e'}_{ident(rs.group_id, 48)}"
+
+
+@dataclass(slots=True)
+class _PortOut:
+    plan: PortPlan  # kept alive: cached by id(plan)
+    device: str
+    chains: tuple[NftChain, ...]  # its direction chains (shared by equal ports)
+    needs: dict[str, str]  # template set name -> declaration
+    elements: list[tuple[SetKey, str]]
+    rids: dict[str, Origin]
+
+
+@dataclass(slots=True)
+class _Counted:
+    """Reference counts of one set's elements, and its last snapshot."""
+
+    refs: dict[str, int] = field(default_factory=dict)
+    snap: frozenset[str] = frozenset()
+    dirty: bool = True
+
+
+class NftRenderer:
+    """Renders plan after plan; unchanged ports and groups cost one identity check.
+
+    The returned ruleset shares frozen element sets and chains with earlier ones (copy on
+    write), which lets the applier skip unchanged sets by identity."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ports: dict[int, _PortOut] = {}
+        self._groups: dict[int, tuple[RuleSet, str, NftChain]] = {}
+        self._asets: dict[int, tuple[AddressSet, NftSet, NftSet]] = {}
+        self._counted: dict[SetKey, _Counted] = {}
+        self._chains: dict[str, NftChain] = {}  # port (group-combination) chains
+        self._chain_refs: dict[str, int] = {}
+        self._tmpl: dict[str, str] = {}  # template set -> declaration
+        self._tmpl_refs: dict[str, int] = {}
+        self._ids: dict[str, list[int]] = {}  # device -> [id, refs]
+        self._used_ids: set[int] = set()
+
+    def render(self, plan: HostPlan) -> NftRuleset:
+        with cached_build(self._reset):
+            return self._render(plan)
+
+    # ------------------------------------------------------------- bookkeeping
+    def _port_id(self, device: str) -> int:
+        hit = self._ids.get(device)
+        if hit is not None:
+            hit[1] += 1
+            return hit[0]
+        if len(self._used_ids) >= MAX_PORT_ID:
+            raise RenderError(f"more than {MAX_PORT_ID} ports on one host")
+        pid = 1 + zlib.crc32(device.encode()) % MAX_PORT_ID
+        while pid in self._used_ids:
+            pid = pid % MAX_PORT_ID + 1
+        self._used_ids.add(pid)
+        self._ids[device] = [pid, 1]
+        return pid
+
+    def _release_id(self, device: str) -> None:
+        hit = self._ids[device]
+        hit[1] -= 1
+        if hit[1] == 0:
+            self._used_ids.discard(hit[0])
+            del self._ids[device]
+
+    def _count(self, out: _PortOut, delta: int) -> None:
+        counted = self._counted
+        for key, el in out.elements:
+            c = counted.get(key)
+            if c is None:
+                c = counted[key] = _Counted()
+            n = c.refs.get(el, 0) + delta
+            if n:
+                c.refs[el] = n
+            else:
+                del c.refs[el]
+            c.dirty = True
+        for ch in out.chains:
+            n = self._chain_refs.get(ch.name, 0) + delta
+            if n:
+                self._chain_refs[ch.name] = n
+                self._chains.setdefault(ch.name, ch)
+            else:
+                del self._chain_refs[ch.name], self._chains[ch.name]
+        for name, decl in out.needs.items():
+            n = self._tmpl_refs.get(name, 0) + delta
+            if n:
+                self._tmpl_refs[name] = n
+                self._tmpl.setdefault(name, decl)
+            else:
+                del self._tmpl_refs[name], self._tmpl[name]
+
+    # ------------------------------------------------------------------ ports
+    def _render_port(self, p: PortPlan, sets: Mapping[str, tuple[str, str]]) -> _PortOut:
+        pid = self._port_id(p.device)
+        mark = mark_of(pid)
+        dev = quote(p.device)
+        els: list[tuple[SetKey, str]] = [((BRIDGE, "ports"), f"{dev} : {mark}"),
+                                         ((BRIDGE, "ids"), str(mark))]
+        macs = sorted({p.mac.lower(), *(e.mac.lower() for e in p.spoof)} - {""})
+        side = "tracked" if (p.stateful or not p.filtered) else "stateless"
+        els.append(((INET, f"{side}_ids"), str(mark)))
+        els += [((INET, f"{side}_macs"), m) for m in macs]
+        if p.bridge:
+            els.append(((INET, "zones"), f"{quote(p.bridge)} : {p.zone}"))
+        rids: dict[str, Origin] = {}
+        if not p.filtered:
+            return _PortOut(p, p.device, (), {}, els, rids)
+        els.append(((BRIDGE, "guarded"), dev))
+        els += self._spoof_elements(p, mark, dev, rids)
+        needs: dict[str, str] = {}
+        chains = []
+        for direction, steps in (("i", p.ingress), ("e", p.egress)):
+            lines = self._port_lines(p, steps, mark, sets, els, needs, rids)
+            name = f"p{direction}_{digest(lines)}"
+            chain = self._chains.get(name) or NftChain(INET, name, tuple(lines))
+            chains.append(chain)
+            els.append(((INET, "ingress" if direction == "i" else "egress"),
+                        f"{mark} : goto {name}"))
+        return _PortOut(p, p.device, tuple(chains), needs, els, rids)
+
+    @staticmethod
+    def _spoof_elements(p: PortPlan, mark: int, dev: str,
+                        rids: dict[str, Origin]) -> list[tuple[SetKey, str]]:
+        els: list[tuple[SetKey, str]] = []
+        pairs: dict[tuple[int, str], list[IPNetwork]] = {}
+        for i, e in enumerate(p.spoof):
+            rids[f"spoof-{p.id}-{i}"] = e.origin
+            mac = e.mac.lower()
+            fam: int = e.family
+            if e.cidr is None:
+                els.append(((INET, f"sp{fam}m"), f"{mark} . {mac}"))
+                if fam == 4:
+                    els.append(((BRIDGE, "arp_m"), f"{dev} . {mac} . {mac}"))
+                else:
+                    els.append(((BRIDGE, "nd_m"), f"{dev} . {mac}"))
+            elif e.cidr.prefixlen == e.cidr.max_prefixlen:
+                a = addr(e.cidr)
+                els.append(((INET, f"sp{fam}h"), f"{mark} . {mac} . {a}"))
+                if fam == 4:
+                    els.append(((BRIDGE, "arp_h"), f"{dev} . {mac} . {mac} . {a}"))
+                else:
+                    els.append(((BRIDGE, "nd_h"),
+                                f"{dev} . {mac} . {int(e.cidr.network_address)}"))
+            else:
+                pairs.setdefault((fam, mac), []).append(e.cidr)
+        for (fam, mac), nets in sorted(pairs.items()):
+            for net in collapse(nets):
+                els.append(((INET, f"sp{fam}n"), f"{mark} . {mac} . {addr(net)}"))
+                if fam == 4:
+                    els.append(((BRIDGE, "arp_n"), f"{dev} . {mac} . {mac} . {addr(net)}"))
+                else:
+                    lo, hi = int(net.network_address), int(net.broadcast_address)
+                    els.append(((BRIDGE, "nd_n"), f"{dev} . {mac} . {lo}-{hi}"))
+        return els
+
+    def _port_lines(self, p: PortPlan, steps: Iterable[Step], mark: int,
+                    sets: Mapping[str, tuple[str, str]], els: list[tuple[SetKey, str]],
+                    needs: dict[str, str], rids: dict[str, Origin]) -> list[str]:
+        lines: list[str] = []
+        own = set(p.addresses)
+        last_tmpl = ""
+        for step in steps:
+            if isinstance(step, Rule):
+                rids[step.rid] = step.origin
+                m = step.match
+                field_ = ("d" if isinstance(m.dst, _NETS) and m.dst in own
+                          else "s" if isinstance(m.src, _NETS) and m.src in own else None)
+                if field_ is None:
+                    last_tmpl = ""
+                    lines += [f"{v} {VERDICT[step.action]} {comment(step.rid)}"
+                              for v in match_variants(m, sets)]
+                    continue
+                # A rule on one of the port's own addresses: a shared template + an element.
+                a = m.dst if field_ == "d" else m.src
+                assert isinstance(a, _NETS)
+                rest = match_variants(m, sets, skip=field_)
+                ip = "ip" if m.family == 4 else "ip6"
+                key = f"{field_}|{m.family}|{step.action}|{'|'.join(rest)}"
+                name = f"t_{digest([key])}"
+                if name != last_tmpl:  # consecutive equal templates are one rule
+                    lines += [f"{v} meta mark . {ip} {field_}addr @{name} {VERDICT[step.action]} "
+                              f"{comment(name)}" for v in rest]
+                    last_tmpl = name
+                needs[name] = f"type mark . ipv{m.family}_addr;"
+                els.append(((INET, name), f"{mark} . {addr(a)}"))
+            elif isinstance(step, Jump):
+                last_tmpl = ""
+                rids[step.ruleset_id] = step.origin
+                target = self._group_names.get(step.ruleset_id)
+                if target is None:
+                    raise RenderError(f"port {p.id} jumps to unknown rule set {step.ruleset_id}")
+                lines.append(f"jump {target} {comment(step.ruleset_id)}")
+            elif isinstance(step, SpoofCheck):
+                last_tmpl = ""
+                lines.append(f"jump {SPOOF_CHAIN} {comment('pw-spoof-check')}")
+            else:  # pragma: no cover - the IR has exactly three step kinds
+                raise RenderError(f"unknown step {step!r}")
+        return lines
+
+    # ----------------------------------------------------------------- groups
+    def _group(self, rsid: str, rs: RuleSet, sets: Mapping[str, tuple[str, str]]) -> NftChain:
+        hit = self._groups.get(id(rs))
+        if hit is not None and hit[1] == rsid:
+            self._new_groups[id(rs)] = hit
+            return hit[2]
+        lines = [f"{v} accept {comment(r.rid)}" for r in rs.rules
+                 for v in match_variants(r.match, sets)]
+        chain = NftChain(INET, group_chain(rs), tuple(lines))
+        self._new_groups[id(rs)] = (rs, rsid, chain)
+        return chain
+
+    def _address_sets(self, plan: HostPlan) -> list[NftSet]:
+        old, self._asets = self._asets, {}
+        out = []
+        for sid, aset in plan.address_sets.items():
+            hit = old.get(id(aset))
+            if hit is None:
+                hname, nname = set_names(sid, aset.family)
+                cidrs = aset.cidrs()
+                hosts = frozenset(addr(c) for c in cidrs if c.prefixlen == c.max_prefixlen)
+                nets = frozenset(addr(c) for c in collapse(
+                    [c for c in cidrs if c.prefixlen != c.max_prefixlen]))
+                t = f"ipv{aset.family}_addr"
+                hit = (aset, NftSet(INET, hname, f"type {t};", hosts),
+                       NftSet(INET, nname, f"type {t}; flags interval;", nets))
+            self._asets[id(aset)] = hit
+            out += [hit[1], hit[2]]
+        return out
+
+    # ----------------------------------------------------------------- render
+    def _render(self, plan: HostPlan) -> NftRuleset:
+        sets = {sid: set_names(sid, s.family) for sid, s in plan.address_sets.items()}
+        self._new_groups: dict[int, tuple[RuleSet, str, NftChain]] = {}
+        group_chains = [self._group(rsid, rs, sets) for rsid, rs in plan.rulesets.items()]
+        self._group_names = {rsid: group_chain(rs) for rsid, rs in plan.rulesets.items()}
+        if len({c.name for c in group_chains}) != len(group_chains):
+            raise RenderError("two rule sets map to one chain name")
+        self._groups = self._new_groups
+        if self._sets_key != tuple(sorted(sets.items())):  # set names changed: re-render all
+            self._sets_key = tuple(sorted(sets.items()))
+            for out in self._ports.values():
+                self._count(out, -1)
+                self._release_id(out.device)
+            self._ports = {}
+        old = self._ports
+        new: dict[int, _PortOut] = {}
+        devices: set[str] = set()
+        for p in plan.ports:
+            hit = old.pop(id(p), None)
+            if hit is None:
+                hit = self._render_port(p, sets)
+                self._count(hit, +1)
+            new[id(p)] = hit
+            devices.add(p.device)
+        for gone in old.values():
+            self._count(gone, -1)
+            self._release_id(gone.device)
+        self._ports = new
+        if len(devices) != len(new):
+            raise RenderError("two ports share a device name")
+
+        rs = NftRuleset()
+        for fam, table in ((BRIDGE, BRIDGE_SETS), (INET, INET_SETS)):
+            for name, (is_map, decl) in table.items():
+                rs.sets[(fam, name)] = NftSet(fam, name, decl, self._snap((fam, name)), is_map)
+        for name, decl in sorted(self._tmpl.items()):
+            rs.sets[(INET, name)] = NftSet(INET, name, decl, self._snap((INET, name)))
+        for s in self._address_sets(plan):
+            rs.sets[s.key] = s
+        for c in BASE_CHAINS:
+            rs.chains[c.key] = c
+        for c in group_chains:
+            rs.chains[c.key] = c
+        for name in sorted(self._chains):
+            rs.chains[(INET, name)] = self._chains[name]
+        for key in [k for k, c in self._counted.items() if not c.refs and k[1].startswith("t_")
+                    and k[1] not in self._tmpl]:
+            del self._counted[key]
+        outs = list(new.values())
+        groups = [(r, ch) for r, _i, ch in self._groups.values()]
+        rs._provenance = lambda: _provenance(outs, groups)
+        return rs
+
+    _sets_key: tuple[tuple[str, tuple[str, str]], ...] = ()
+    _group_names: dict[str, str]
+    _new_groups: dict[int, tuple[RuleSet, str, NftChain]]
+
+    def _snap(self, key: SetKey) -> frozenset[str]:
+        c = self._counted.get(key)
+        if c is None:
+            return frozenset()
+        if c.dirty:
+            c.snap = frozenset(c.refs)
+            c.dirty = False
+        return c.snap
+
+
+def _provenance(outs: list[_PortOut], groups: list[tuple[RuleSet, NftChain]]) -> dict[str, Origin]:
+    prov: dict[str, Origin] = {}
+    for rs, _ch in groups:
+        for r in rs.rules:
+            prov[r.rid] = r.origin
+    for out in outs:
+        prov.update(out.rids)
+    prov.setdefault("pw-spoof-drop", _SPOOF_ORIGIN)
+    return prov
+
+
+def render_nftables(plan: HostPlan) -> NftRuleset:
+    """One-shot render (a long-running process keeps an :class:`NftRenderer`)."""
+    return NftRenderer().render(plan)
