@@ -147,8 +147,8 @@ class NftApplier:
         res.elements_removed = sum(len(e) for _s, e in removed)
         rep.changes = {"chains_written": len(res.chains_written),
                        "chains_deleted": len(drop_chains), "sets_created": len(new_sets),
-                       "sets_deleted": len(drop_sets), "elements_added": res.elements_added,
-                       "elements_removed": res.elements_removed}
+                       "sets_deleted": len(drop_sets), "set_elements_added": res.elements_added,
+                       "set_elements_removed": res.elements_removed}
         rep.touched = ([f"~ {c.family} chain {c.name}" for c in (*new_chains, *rewrite)]
                        + [f"+ {s.family} {s.name}: {len(e)} elements" for s, e in added]
                        + [f"- {s.family} {s.name}: {len(e)} elements" for s, e in removed]

@@ -83,8 +83,8 @@ BASE_CHAINS: tuple[NftChain, ...] = (
         f"meta mark @ids meta mark set 0 {_c('pw-out-clear')}",
     ), "type filter hook forward priority -200; policy accept;"),
     NftChain(INET, "raw", (
-        f"meta mark @stateless_ids ether daddr != @tracked_macs notrack {_c('pw-notrack-src')}",
-        f"ether daddr @stateless_macs meta mark != @tracked_ids notrack {_c('pw-notrack-dst')}",
+        f"meta mark @stateless_ids ether daddr != @tracked_macs notrack accept {_c('pw-notrack-src')}",
+        f"ether daddr @stateless_macs meta mark != @tracked_ids notrack accept {_c('pw-notrack-dst')}",
         f"ct zone set iifname map @zones {_c('pw-zone')}",
     ), "type filter hook prerouting priority -300; policy accept;"),
     NftChain(INET, "egress_hook", (

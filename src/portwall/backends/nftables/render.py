@@ -303,12 +303,6 @@ class NftRenderer:
         if len({c.name for c in group_chains}) != len(group_chains):
             raise RenderError("two rule sets map to one chain name")
         self._groups = self._new_groups
-        if self._sets_key != tuple(sorted(sets.items())):  # set names changed: re-render all
-            self._sets_key = tuple(sorted(sets.items()))
-            for out in self._ports.values():
-                self._count(out, -1)
-                self._release_id(out.device)
-            self._ports = {}
         old = self._ports
         new: dict[int, _PortOut] = {}
         devices: set[str] = set()
@@ -348,7 +342,6 @@ class NftRenderer:
         rs._provenance = lambda: _provenance(outs, groups)
         return rs
 
-    _sets_key: tuple[tuple[str, tuple[str, str]], ...] = ()
     _group_names: dict[str, str]
     _new_groups: dict[int, tuple[RuleSet, str, NftChain]]
 
