@@ -176,14 +176,17 @@ class NftApplier:
     def _error(text: str, err: str, ruleset: NftRuleset) -> ApplyError:
         line = rid = None
         line_no = None
+        lines = text.splitlines()
         m = _ERR_LINE.search(err)
-        if m:
+        if m:  # "file:LINE:col" (nft -f) ...
             line_no = int(m.group(1))
-            lines = text.splitlines()
-            if 0 < line_no <= len(lines):
-                line = lines[line_no - 1]
-                tag = re.search(r'comment "([^"]*)"$', line)
-                rid = tag.group(1) if tag else None
+            line = lines[line_no - 1] if 0 < line_no <= len(lines) else None
+        else:  # ... or libnftables' buffer input: the offending command echoed under the error
+            line_no = _blamed(lines, err)
+            line = lines[line_no - 1] if line_no else None
+        if line is not None:
+            tag = re.search(r'comment "([^"]*)"$', line)
+            rid = tag.group(1) if tag else None
         origin = ruleset.provenance().get(rid) if rid else None
         return ApplyError("nftables refused the batch; nothing was changed", command="nft",
                           line=line, line_no=line_no, rid=rid, origin=origin, stderr=err,
@@ -237,3 +240,28 @@ class NftApplier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _blamed(lines: list[str], err: str) -> int | None:
+    """The 1-based batch line an error is about. libnftables echoes a command under the
+    error and marks a column span with carets, but for kernel errors the echoed command can
+    be an earlier one of the batch; the span is right, so prefer the first line whose text
+    at that span is one whole token (e.g. ``@nosuchset``), else the echoed line."""
+    out = err.splitlines()
+    where = {ln: i for i, ln in enumerate(lines, 1)}
+    for i, ln in enumerate(out):
+        if ln not in where:
+            continue
+        carets = out[i + 1] if i + 1 < len(out) else ""
+        start = carets.find("^")
+        end = carets.rfind("^") + 1
+        if start >= 0:
+            for no, cand in enumerate(lines, 1):
+                tok = cand[start:end]
+                if (len(cand) >= end and tok.strip() == tok and tok
+                        and (start == 0 or cand[start - 1] == " ")
+                        and (end == len(cand) or cand[end] == " ")):
+                    if cand == ln or tok.startswith("@") or no > where[ln]:
+                        return no
+        return where[ln]
+    return None
