@@ -258,10 +258,10 @@ def _blamed(lines: list[str], err: str) -> int | None:
         if start >= 0:
             for no, cand in enumerate(lines, 1):
                 tok = cand[start:end]
-                if (len(cand) >= end and tok.strip() == tok and tok
-                        and (start == 0 or cand[start - 1] == " ")
-                        and (end == len(cand) or cand[end] == " ")):
-                    if cand == ln or tok.startswith("@") or no > where[ln]:
-                        return no
+                whole = (len(cand) >= end and tok.strip() == tok and bool(tok)
+                         and (start == 0 or cand[start - 1] == " ")
+                         and (end == len(cand) or cand[end] == " "))
+                if whole and (cand == ln or tok.startswith("@") or no > where[ln]):
+                    return no
         return where[ln]
     return None
