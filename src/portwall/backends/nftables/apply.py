@@ -133,7 +133,7 @@ class NftApplier:
         rep = ApplyReport("nftables", native=res)
         rep.timings["read"] = t_read - t0
         if text:
-            self._write(text, ruleset)
+            self._write(text, ruleset, rep.timings)
             res.batch = text
             rep.noop = False
             rep.write_commands = ["libnftables: one batch"]
@@ -164,8 +164,10 @@ class NftApplier:
         rep.seconds = time.perf_counter() - t0
         return rep
 
-    def _write(self, text: str, ruleset: NftRuleset) -> None:
+    def _write(self, text: str, ruleset: NftRuleset, timings: dict[str, float]) -> None:
+        t0 = time.perf_counter()
         rc, _out, err = self.worker.run(text)
+        timings["nft"] = time.perf_counter() - t0
         if rc != 0:
             self._known = None
             raise self._error(text, err, ruleset)
