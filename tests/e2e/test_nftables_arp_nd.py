@@ -100,13 +100,14 @@ def box() -> Iterator[LabBox]:
 def _exchange(box: LabBox, sender: str, listener: str, *frames: list[str]) -> list[str]:
     """Start a listener in ``listener``, send ``frames`` from ``sender``; lines heard."""
     lst = subprocess.Popen(["ip", "netns", "exec", box.vm(listener).netns, sys.executable,
-                            "-c", LISTEN, "1.5"], stdout=subprocess.PIPE, text=True)
+                            "-c", LISTEN, "60"], stdout=subprocess.PIPE, text=True)
     try:
         assert lst.stdout is not None and lst.stdout.readline().strip() == "ready"
         for argv in frames:
             subprocess.run(["ip", "netns", "exec", box.vm(sender).netns, sys.executable, "-c",
                             SEND, *argv], check=True, timeout=10)
-        time.sleep(0.3)
+        time.sleep(0.5)
+        lst.terminate()  # everything heard is already printed (and flushed)
         out, _ = lst.communicate(timeout=10)
     finally:
         if lst.poll() is None:

@@ -62,8 +62,12 @@ class NftApplier:
         self.worker = NftWorker(netns)
         self.runner = Runner(netns)
         self._gen = NftGeneration(netns)
-        self._known: dict[SetKey, NftSet | NftChain] | None = None
+        # what the last successful apply wrote (valid while the generation is unchanged)
         self._known_gen: int | None = None
+        self._owner: object = None
+        self._serial = -2
+        self._chains: dict[SetKey, NftChain] = {}
+        self._maps: dict[SetKey, bool] = {}  # set -> is a map
 
     # ------------------------------------------------------------------ kernel
     def read(self) -> KernelState:
@@ -72,18 +76,12 @@ class NftApplier:
             parse(self.worker.list_json(f"table {fam} {TABLE}"), fam, state)
         return state
 
-    def _state(self) -> tuple[dict[SetKey, NftSet | NftChain] | KernelState, bool]:
-        if (self._known is not None and self._known_gen is not None
-                and self._gen.get() == self._known_gen):
-            return self._known, True
-        return self.read(), False
-
     # ------------------------------------------------------------------- apply
     def apply(self, ruleset: NftRuleset, plan: HostPlan | None = None) -> ApplyReport:
         t0 = time.perf_counter()
-        state, cached = self._state()
-        t_read = time.perf_counter()
-        res = NftApplyResult(cached=cached)
+        gen_ok = (self._known_gen is not None and ruleset.owner is self._owner
+                  and self._gen.get() == self._known_gen)
+        res = NftApplyResult(cached=gen_ok)
         new_sets: list[NftSet] = []
         new_chains: list[NftChain] = []
         rewrite: list[NftChain] = []
@@ -92,25 +90,42 @@ class NftApplier:
         drop_chains: list[NftChain] = []
         drop_sets: list[NftSet] = []
         tables: list[str] = []
-        if isinstance(state, KernelState):
+        kchains: dict[SetKey, object]
+        if gen_ok and ruleset.serial == self._serial:  # this very ruleset is in the kernel
+            kchains, maps = dict(ruleset.chains), {}
+        elif gen_ok and ruleset.parent == self._serial:  # the one after it: apply the deltas
+            kchains = dict(self._chains)
+            maps = dict(self._maps)
+            for key, s in ruleset.sets.items():
+                if key not in maps:
+                    new_sets.append(s)
+                    if len(s):
+                        added.append((s, s.elements))
+                elif key in ruleset.deltas:
+                    plus, minus = ruleset.deltas[key]
+                    if plus:
+                        added.append((s, plus))
+                    if minus:
+                        removed.append((s, minus))
+        else:  # anything else: compare with what the kernel holds
+            state = self.read()
             tables = [f for f in (INET, BRIDGE) if f not in state.tables]
-            ksets = {k: s.elements for k, s in state.sets.items()}
-            kchains: dict[SetKey, object] = dict(state.chains)
-        else:
-            ksets = {k: s.elements for k, s in state.items() if isinstance(s, NftSet)}
-            kchains = {k: c for k, c in state.items() if isinstance(c, NftChain)}
-        for key, s in ruleset.sets.items():
-            have = ksets.get(key)
-            if have is None:
-                new_sets.append(s)
-                if s.elements:
-                    added.append((s, s.elements))
-            elif have is not s.elements:
-                plus, minus = s.elements - have, have - s.elements
+            kchains = dict(state.chains)
+            maps = {k: ks.is_map for k, ks in state.sets.items()}
+            for key, s in ruleset.sets.items():
+                have = state.sets.get(key)
+                if have is None:
+                    new_sets.append(s)
+                    if len(s):
+                        added.append((s, s.elements))
+                    continue
+                want = s.elements
+                plus, minus = want - have.elements, have.elements - want
                 if plus:
                     added.append((s, plus))
                 if minus:
                     removed.append((s, minus))
+        t_read = time.perf_counter()
         for key, c in ruleset.chains.items():
             have_c = kchains.get(key)
             if have_c is None:
@@ -122,9 +137,8 @@ class NftApplier:
                 rewrite.append(c)
         for key in kchains.keys() - ruleset.chains.keys():
             drop_chains.append(NftChain(key[0], key[1], ()))
-        for key in ksets.keys() - ruleset.sets.keys():
-            drop_sets.append(NftSet(key[0], key[1], "", frozenset(),
-                                    isinstance(state, KernelState) and state.sets[key].is_map))
+        for key in maps.keys() - ruleset.sets.keys():
+            drop_sets.append(NftSet(key[0], key[1], "", frozenset(), maps[key]))
         # Port chains refer to group chains: delete them first.
         drop_chains.sort(key=lambda c: (not c.name.startswith("p"), c.name))
         text = batch_text(new_sets=new_sets, new_chains=new_chains, rewrite=rewrite,
@@ -137,6 +151,8 @@ class NftApplier:
             res.batch = text
             rep.noop = False
             rep.write_commands = ["libnftables: one batch"]
+        elif not (gen_ok and ruleset.serial == self._serial):
+            self._remember(ruleset)  # in sync: later renders can apply their deltas
         t_write = time.perf_counter()
         rep.timings["write"] = t_write - t_read
         res.chains_written = [c.name for c in (*new_chains, *rewrite)]
@@ -156,7 +172,7 @@ class NftApplier:
                        + [f"- {s.family} set {s.name}" for s in drop_sets])
         shrank = bool(rewrite or drop_chains) or any(
             s.name.startswith(_RESTRICTING) for s, _e in removed)
-        if plan is not None and shrank:
+        if plan is not None and shrank and self.worker.conntrack_count() != 0:
             zones = {p.zone for p in plan.ports}
             rep.conntrack_checked, rep.conntrack_deleted = ct.reconcile(
                 self.runner, zones, ct.PlanVerdict(plan))
@@ -169,9 +185,14 @@ class NftApplier:
         rc, _out, err = self.worker.run(text)
         timings["nft"] = time.perf_counter() - t0
         if rc != 0:
-            self._known = None
+            self._known_gen = None
             raise self._error(text, err, ruleset)
-        self._known = {**ruleset.sets, **ruleset.chains}
+        self._remember(ruleset)
+
+    def _remember(self, ruleset: NftRuleset) -> None:
+        self._owner, self._serial = ruleset.owner, ruleset.serial
+        self._chains = dict(ruleset.chains)
+        self._maps = {k: s.is_map for k, s in ruleset.sets.items()}
         self._known_gen = self._gen.get()
 
     @staticmethod
@@ -229,7 +250,7 @@ class NftApplier:
     def remove_all(self) -> None:
         text = "".join(f"add table {f} {TABLE}\ndelete table {f} {TABLE}\n" for f in (INET, BRIDGE))
         rc, _o, err = self.worker.run(text)
-        self._known = None
+        self._known_gen = None
         if rc != 0:
             raise ApplyError("could not remove portwall's tables", command="nft", stderr=err)
 

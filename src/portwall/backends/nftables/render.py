@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from portwall.backends.nftables.layout import BASE_CHAINS, BRIDGE_SETS, INET_SETS, SPOOF_CHAIN
 from portwall.backends.nftables.spell import (
@@ -34,6 +34,7 @@ from portwall.backends.nftables.spell import (
 from portwall.backends.nftables.types import (
     BRIDGE,
     INET,
+    Counted,
     NftChain,
     NftRuleset,
     NftSet,
@@ -70,16 +71,6 @@ class _PortOut:
     chains: tuple[NftChain, ...]  # its direction chains (shared by equal ports)
     needs: dict[str, str]  # template set name -> declaration
     elements: list[tuple[SetKey, str]]
-    rids: dict[str, Origin]
-
-
-@dataclass(slots=True)
-class _Counted:
-    """Reference counts of one set's elements, and its last snapshot."""
-
-    refs: dict[str, int] = field(default_factory=dict)
-    snap: frozenset[str] = frozenset()
-    dirty: bool = True
 
 
 class NftRenderer:
@@ -94,8 +85,14 @@ class NftRenderer:
     def _reset(self) -> None:
         self._ports: dict[int, _PortOut] = {}
         self._groups: dict[int, tuple[RuleSet, str, NftChain]] = {}
-        self._asets: dict[int, tuple[AddressSet, NftSet, NftSet]] = {}
-        self._counted: dict[SetKey, _Counted] = {}
+        # address set id -> (AddressSet, its host-address counts by member, prefixes)
+        self._asets: dict[str, tuple[AddressSet, dict[int, tuple[object, str | None]]]] = {}
+        self._counted: dict[SetKey, Counted] = {}
+        self._rule_text: dict[int, tuple[Rule, tuple[str, ...]]] = {}
+        self._templates: dict[tuple[object, ...], tuple[str, tuple[str, ...], str]] = {}
+        self._shapes: dict[tuple[object, ...], NftChain] = {}
+        self._owner = object()
+        self._serial = 0
         self._chains: dict[str, NftChain] = {}  # port (group-combination) chains
         self._chain_refs: dict[str, int] = {}
         self._tmpl: dict[str, str] = {}  # template set -> declaration
@@ -134,13 +131,11 @@ class NftRenderer:
         for key, el in out.elements:
             c = counted.get(key)
             if c is None:
-                c = counted[key] = _Counted()
-            n = c.refs.get(el, 0) + delta
-            if n:
-                c.refs[el] = n
+                c = counted[key] = Counted()
+            if delta > 0:
+                c.inc(el)
             else:
-                del c.refs[el]
-            c.dirty = True
+                c.dec(el)
         for ch in out.chains:
             n = self._chain_refs.get(ch.name, 0) + delta
             if n:
@@ -169,29 +164,29 @@ class NftRenderer:
         els += [((INET, f"{side}_macs"), m) for m in macs]
         if p.bridge:
             els.append(((INET, "zones"), f"{quote(p.bridge)} : {p.zone}"))
-        rids: dict[str, Origin] = {}
         if not p.filtered:
-            return _PortOut(p, p.device, (), {}, els, rids)
+            return _PortOut(p, p.device, (), {}, els)
         els.append(((BRIDGE, "guarded"), dev))
-        els += self._spoof_elements(p, mark, dev, rids)
+        els += self._spoof_elements(p, mark, dev)
         needs: dict[str, str] = {}
         chains = []
         for direction, steps in (("i", p.ingress), ("e", p.egress)):
-            lines = self._port_lines(p, steps, mark, sets, els, needs, rids)
-            name = f"p{direction}_{digest(lines)}"
-            chain = self._chains.get(name) or NftChain(INET, name, tuple(lines))
+            shape = (direction, *self._port_lines(p, steps, mark, sets, els, needs))
+            chain = self._shapes.get(shape)
+            if chain is None:
+                lines = self._shape_lines(shape[1:])
+                chain = self._shapes[shape] = NftChain(
+                    INET, f"p{direction}_{digest(lines)}", tuple(lines))
             chains.append(chain)
             els.append(((INET, "ingress" if direction == "i" else "egress"),
-                        f"{mark} : goto {name}"))
-        return _PortOut(p, p.device, tuple(chains), needs, els, rids)
+                        f"{mark} : goto {chain.name}"))
+        return _PortOut(p, p.device, tuple(chains), needs, els)
 
     @staticmethod
-    def _spoof_elements(p: PortPlan, mark: int, dev: str,
-                        rids: dict[str, Origin]) -> list[tuple[SetKey, str]]:
+    def _spoof_elements(p: PortPlan, mark: int, dev: str) -> list[tuple[SetKey, str]]:
         els: list[tuple[SetKey, str]] = []
         pairs: dict[tuple[int, str], list[IPNetwork]] = {}
-        for i, e in enumerate(p.spoof):
-            rids[f"spoof-{p.id}-{i}"] = e.origin
+        for e in p.spoof:
             mac = e.mac.lower()
             fam: int = e.family
             if e.cidr is None:
@@ -222,46 +217,69 @@ class NftRenderer:
 
     def _port_lines(self, p: PortPlan, steps: Iterable[Step], mark: int,
                     sets: Mapping[str, tuple[str, str]], els: list[tuple[SetKey, str]],
-                    needs: dict[str, str], rids: dict[str, Origin]) -> list[str]:
-        lines: list[str] = []
-        own = set(p.addresses)
+                    needs: dict[str, str]) -> tuple[str, ...]:
+        """The port's direction chain as a shape (one token per step, cached texts); equal
+        shapes are one chain."""
+        shape: list[object] = []
+        own = p.addresses
         last_tmpl = ""
+        rule_text = self._rule_text
         for step in steps:
             if isinstance(step, Rule):
-                rids[step.rid] = step.origin
                 m = step.match
-                field_ = ("d" if isinstance(m.dst, _NETS) and m.dst in own
-                          else "s" if isinstance(m.src, _NETS) and m.src in own else None)
+                field_ = ("d" if m.dst is not None and m.dst in own
+                          else "s" if m.src is not None and m.src in own else None)
                 if field_ is None:
                     last_tmpl = ""
-                    lines += [f"{v} {VERDICT[step.action]} {comment(step.rid)}"
-                              for v in match_variants(m, sets)]
+                    if id(step) not in rule_text:
+                        rule_text[id(step)] = (step, tuple(
+                            f"{v} {VERDICT[step.action]} {comment(step.rid)}"
+                            for v in match_variants(m, sets)))
+                    shape.append(id(step))
                     continue
                 # A rule on one of the port's own addresses: a shared template + an element.
                 a = m.dst if field_ == "d" else m.src
                 assert isinstance(a, _NETS)
-                rest = match_variants(m, sets, skip=field_)
-                ip = "ip" if m.family == 4 else "ip6"
-                key = f"{field_}|{m.family}|{step.action}|{'|'.join(rest)}"
-                name = f"t_{digest([key])}"
-                if name != last_tmpl:  # consecutive equal templates are one rule
-                    lines += [f"{v} meta mark . {ip} {field_}addr @{name} {VERDICT[step.action]} "
-                              f"{comment(name)}" for v in rest]
-                    last_tmpl = name
-                needs[name] = f"type mark . ipv{m.family}_addr;"
-                els.append(((INET, name), f"{mark} . {addr(a)}"))
+                tkey = (field_, replace(m, dst=None) if field_ == "d" else replace(m, src=None),
+                        step.action)
+                tmpl = self._templates.get(tkey)
+                if tmpl is None:
+                    rest = match_variants(m, sets, skip=field_)
+                    ip = "ip" if m.family == 4 else "ip6"
+                    name = f"t_{digest([repr(tkey)])}"
+                    tmpl = self._templates[tkey] = (name, tuple(
+                        f"{v} meta mark . {ip} {field_}addr @{name} {VERDICT[step.action]} "
+                        f"{comment(name)}" for v in rest), f"type mark . ipv{m.family}_addr;")
+                if tmpl[0] != last_tmpl:  # consecutive equal templates are one rule
+                    shape.append(tmpl[0])
+                    last_tmpl = tmpl[0]
+                needs[tmpl[0]] = tmpl[2]
+                els.append(((INET, tmpl[0]), f"{mark} . {addr(a)}"))
             elif isinstance(step, Jump):
                 last_tmpl = ""
-                rids[step.ruleset_id] = step.origin
                 target = self._group_names.get(step.ruleset_id)
                 if target is None:
                     raise RenderError(f"port {p.id} jumps to unknown rule set {step.ruleset_id}")
-                lines.append(f"jump {target} {comment(step.ruleset_id)}")
+                shape.append(("j", target, step.ruleset_id))
             elif isinstance(step, SpoofCheck):
                 last_tmpl = ""
-                lines.append(f"jump {SPOOF_CHAIN} {comment('pw-spoof-check')}")
+                shape.append("S")
             else:  # pragma: no cover - the IR has exactly three step kinds
                 raise RenderError(f"unknown step {step!r}")
+        return tuple(shape)  # type: ignore[arg-type]
+
+    def _shape_lines(self, shape: tuple[object, ...]) -> list[str]:
+        lines: list[str] = []
+        tmpl_lines = {t[0]: t[1] for t in self._templates.values()}
+        for tok in shape:
+            if isinstance(tok, int):
+                lines += self._rule_text[tok][1]
+            elif tok == "S":
+                lines.append(f"jump {SPOOF_CHAIN} {comment('pw-spoof-check')}")
+            elif isinstance(tok, tuple):
+                lines.append(f"jump {tok[1]} {comment(str(tok[2]))}")
+            else:
+                lines += tmpl_lines[str(tok)]
         return lines
 
     # ----------------------------------------------------------------- groups
@@ -277,21 +295,37 @@ class NftRenderer:
         return chain
 
     def _address_sets(self, plan: HostPlan) -> list[NftSet]:
+        """Two sets per remote group: host addresses counted per member object (one new
+        member is one element, however big the group), prefixes collapsed (few)."""
         old, self._asets = self._asets, {}
         out = []
         for sid, aset in plan.address_sets.items():
-            hit = old.get(id(aset))
-            if hit is None:
-                hname, nname = set_names(sid, aset.family)
-                cidrs = aset.cidrs()
-                hosts = frozenset(addr(c) for c in cidrs if c.prefixlen == c.max_prefixlen)
-                nets = frozenset(addr(c) for c in collapse(
-                    [c for c in cidrs if c.prefixlen != c.max_prefixlen]))
-                t = f"ipv{aset.family}_addr"
-                hit = (aset, NftSet(INET, hname, f"type {t};", hosts),
-                       NftSet(INET, nname, f"type {t}; flags interval;", nets))
-            self._asets[id(aset)] = hit
-            out += [hit[1], hit[2]]
+            hname, nname = set_names(sid, aset.family)
+            hkey, nkey = (INET, hname), (INET, nname)
+            hc = self._counted.setdefault(hkey, Counted())
+            nc = self._counted.setdefault(nkey, Counted())
+            hit = old.get(sid)
+            if hit is None or hit[0] is not aset:
+                members = hit[1] if hit is not None else {}
+                new: dict[int, tuple[object, str | None]] = {}
+                for m in aset.members:
+                    got = members.pop(id(m), None)
+                    if got is None:
+                        c = m.cidr
+                        got = (m, addr(c) if c.prefixlen == c.max_prefixlen else None)
+                        if got[1] is not None:
+                            hc.inc(got[1])
+                    new[id(m)] = got
+                for _m, text in members.values():
+                    if text is not None:
+                        hc.dec(text)
+                nets = [m.cidr for m in aset.members if m.cidr.prefixlen != m.cidr.max_prefixlen]
+                nc.replace(frozenset(addr(n) for n in collapse(nets)))
+                hit = (aset, new)
+            self._asets[sid] = hit
+            t = f"ipv{aset.family}_addr"
+            out += [NftSet(INET, hname, f"type {t};", hc),
+                    NftSet(INET, nname, f"type {t}; flags interval;", nc)]
         return out
 
     # ----------------------------------------------------------------- render
@@ -320,12 +354,14 @@ class NftRenderer:
         if len(devices) != len(new):
             raise RenderError("two ports share a device name")
 
-        rs = NftRuleset()
+        self._serial += 1
+        rs = NftRuleset(owner=self._owner, serial=self._serial, parent=self._serial - 1)
         for fam, table in ((BRIDGE, BRIDGE_SETS), (INET, INET_SETS)):
             for name, (is_map, decl) in table.items():
-                rs.sets[(fam, name)] = NftSet(fam, name, decl, self._snap((fam, name)), is_map)
+                rs.sets[(fam, name)] = NftSet(fam, name, decl, self._count_of((fam, name)),
+                                              is_map)
         for name, decl in sorted(self._tmpl.items()):
-            rs.sets[(INET, name)] = NftSet(INET, name, decl, self._snap((INET, name)))
+            rs.sets[(INET, name)] = NftSet(INET, name, decl, self._count_of((INET, name)))
         for s in self._address_sets(plan):
             rs.sets[s.key] = s
         for c in BASE_CHAINS:
@@ -334,35 +370,43 @@ class NftRenderer:
             rs.chains[c.key] = c
         for name in sorted(self._chains):
             rs.chains[(INET, name)] = self._chains[name]
-        for key in [k for k, c in self._counted.items() if not c.refs and k[1].startswith("t_")
-                    and k[1] not in self._tmpl]:
-            del self._counted[key]
-        outs = list(new.values())
-        groups = [(r, ch) for r, _i, ch in self._groups.values()]
-        rs._provenance = lambda: _provenance(outs, groups)
+        for key in [k for k in self._counted if k not in rs.sets]:
+            del self._counted[key]  # a template set or remote group that went away
+        for key, cnt in self._counted.items():
+            if cnt.added or cnt.removed:
+                rs.deltas[key] = cnt.take_delta()
+        if len(self._rule_text) > 4 * len(plan.ports) + 10_000:
+            self._rule_text.clear()  # rules of deleted ports pile up: refill on demand
+            self._shapes.clear()
+        rs._provenance = lambda: provenance(plan)
         return rs
 
     _group_names: dict[str, str]
     _new_groups: dict[int, tuple[RuleSet, str, NftChain]]
 
-    def _snap(self, key: SetKey) -> frozenset[str]:
+    def _count_of(self, key: SetKey) -> Counted:
         c = self._counted.get(key)
         if c is None:
-            return frozenset()
-        if c.dirty:
-            c.snap = frozenset(c.refs)
-            c.dirty = False
-        return c.snap
+            c = self._counted[key] = Counted()
+        return c
 
 
-def _provenance(outs: list[_PortOut], groups: list[tuple[RuleSet, NftChain]]) -> dict[str, Origin]:
-    prov: dict[str, Origin] = {}
-    for rs, _ch in groups:
+def provenance(plan: HostPlan) -> dict[str, Origin]:
+    """rid -> Origin of every rule and anti-spoof entry the ruleset of ``plan`` writes
+    (template rules' elements carry their port rule's rid, spoof elements
+    ``spoof-<port>-<index>``)."""
+    prov: dict[str, Origin] = {"pw-spoof-drop": _SPOOF_ORIGIN}
+    for rs in plan.rulesets.values():
         for r in rs.rules:
             prov[r.rid] = r.origin
-    for out in outs:
-        prov.update(out.rids)
-    prov.setdefault("pw-spoof-drop", _SPOOF_ORIGIN)
+    for p in plan.ports:
+        for step in (*p.ingress, *p.egress):
+            if isinstance(step, Rule):
+                prov[step.rid] = step.origin
+            elif isinstance(step, Jump):
+                prov[step.ruleset_id] = step.origin
+        for i, e in enumerate(p.spoof):
+            prov[f"spoof-{p.id}-{i}"] = e.origin
     return prov
 
 

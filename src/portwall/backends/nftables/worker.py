@@ -61,5 +61,16 @@ class NftWorker:
         items: list[dict[str, Any]] = json.loads(out).get("nftables", [])
         return items
 
+    def conntrack_count(self) -> int | None:
+        """Tracked connections in the namespace (None if unknown): /proc/sys/net is per
+        namespace of the thread that opens it, so it is read from the worker thread."""
+        def read() -> int | None:
+            try:
+                with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+                    return int(f.read())
+            except (OSError, ValueError):
+                return None
+        return self._pool.submit(read).result()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
