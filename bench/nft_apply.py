@@ -110,7 +110,7 @@ def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def ms(x: float | None) -> str:
@@ -270,10 +270,13 @@ def report(name: str, results: list[dict[str, Any]], reps: int, inc_reps: int) -
         peer = r.get("peer")
         if peer:
             after = peer.get("after_full", {})
+            theirs = (after.get("rules_v4") or 0) + (after.get("rules_v6") or 0)
+            ours = r["counts"].get("rules", 0)
             print(f"\nneutron at {r['ports']}: full {ms(peer.get('full_apply_s'))}, +1 port "
-                  f"{ms(peer.get('incremental_apply_s'))}, rules v4+v6 "
-                  f"{after.get('rules_v4')}+{after.get('rules_v6')}; portwall rules "
-                  f"{r['counts'].get('rules')} ({r['counts'].get('rules', 0) / max(1, (after.get('rules_v4') or 0) + (after.get('rules_v6') or 0)):.3f}x)")
+                  f"{ms(peer.get('incremental_apply_s'))}, rules v4+v6 {theirs:,}; portwall "
+                  f"rules {ours:,} ({ours / max(1, theirs):.4f}x) + "
+                  f"{r['counts'].get('set_elements', 0) + r['counts'].get('map_elements', 0):,}"
+                  " set/map elements")
         print(f"drift after the changes at {r['ports']}: {r['inc']['drift_after']}")
 
 

@@ -88,7 +88,9 @@ class NftRenderer:
         # address set id -> (AddressSet, its host-address counts by member, prefixes)
         self._asets: dict[str, tuple[AddressSet, dict[int, tuple[object, str | None]]]] = {}
         self._counted: dict[SetKey, Counted] = {}
-        self._rule_text: dict[int, tuple[Rule, tuple[str, ...]]] = {}
+        self._rule_text: dict[int, tuple[Rule, int]] = {}  # id(rule) -> (rule, text id)
+        self._text_ids: dict[tuple[str, ...], int] = {}
+        self._texts: dict[int, tuple[str, ...]] = {}
         self._templates: dict[tuple[object, ...], tuple[str, tuple[str, ...], str]] = {}
         self._shapes: dict[tuple[object, ...], NftChain] = {}
         self._owner = object()
@@ -226,16 +228,25 @@ class NftRenderer:
         rule_text = self._rule_text
         for step in steps:
             if isinstance(step, Rule):
+                hit = rule_text.get(id(step))
+                if hit is not None:  # a rule already met (provider rules are shared objects)
+                    last_tmpl = ""
+                    shape.append(hit[1])
+                    continue
                 m = step.match
                 field_ = ("d" if m.dst is not None and m.dst in own
                           else "s" if m.src is not None and m.src in own else None)
                 if field_ is None:
                     last_tmpl = ""
-                    if id(step) not in rule_text:
-                        rule_text[id(step)] = (step, tuple(
-                            f"{v} {VERDICT[step.action]} {comment(step.rid)}"
-                            for v in match_variants(m, sets)))
-                    shape.append(id(step))
+                    if hit is None:
+                        text = tuple(f"{v} {VERDICT[step.action]} {comment(step.rid)}"
+                                     for v in match_variants(m, sets))
+                        # equal rules of different ports (e.g. each port's fallback drop)
+                        # get one token, so their ports can share a chain
+                        tid = self._text_ids.setdefault(text, len(self._text_ids))
+                        hit = rule_text[id(step)] = (step, tid)
+                        self._texts[tid] = text
+                    shape.append(hit[1])
                     continue
                 # A rule on one of the port's own addresses: a shared template + an element.
                 a = m.dst if field_ == "d" else m.src
@@ -273,7 +284,7 @@ class NftRenderer:
         tmpl_lines = {t[0]: t[1] for t in self._templates.values()}
         for tok in shape:
             if isinstance(tok, int):
-                lines += self._rule_text[tok][1]
+                lines += self._texts[tok]
             elif tok == "S":
                 lines.append(f"jump {SPOOF_CHAIN} {comment('pw-spoof-check')}")
             elif isinstance(tok, tuple):
