@@ -33,7 +33,7 @@ from portwall.backends.nftables.types import (
 from portwall.backends.nftables.worker import NftWorker
 from portwall.ir.types import HostPlan
 from portwall.kernel import conntrack as ct
-from portwall.kernel.runner import NftGeneration, Runner
+from portwall.kernel.runner import Runner
 
 #: sets whose lost elements may forbid open connections (the others only name things)
 _RESTRICTING = ("sp", "r4", "r6", "t_", "ingress", "egress", "zones")
@@ -61,7 +61,6 @@ class NftApplier:
         self.netns = netns
         self.worker = NftWorker(netns)
         self.runner = Runner(netns)
-        self._gen = NftGeneration(netns)
         # what the last successful apply wrote (valid while the generation is unchanged)
         self._known_gen: int | None = None
         self._owner: object = None
@@ -80,7 +79,7 @@ class NftApplier:
     def apply(self, ruleset: NftRuleset, plan: HostPlan | None = None) -> ApplyReport:
         t0 = time.perf_counter()
         gen_ok = (self._known_gen is not None and ruleset.owner is self._owner
-                  and self._gen.get() == self._known_gen)
+                  and self.worker.generation() == self._known_gen)
         res = NftApplyResult(cached=gen_ok)
         new_sets: list[NftSet] = []
         new_chains: list[NftChain] = []
@@ -193,7 +192,7 @@ class NftApplier:
         self._owner, self._serial = ruleset.owner, ruleset.serial
         self._chains = dict(ruleset.chains)
         self._maps = {k: s.is_map for k, s in ruleset.sets.items()}
-        self._known_gen = self._gen.get()
+        self._known_gen = self.worker.generation()
 
     @staticmethod
     def _error(text: str, err: str, ruleset: NftRuleset) -> ApplyError:
@@ -256,7 +255,6 @@ class NftApplier:
 
     def close(self) -> None:
         self.worker.close()
-        self._gen.close()
 
     def __enter__(self) -> NftApplier:
         return self

@@ -29,8 +29,10 @@ def _rules(c: NftChain) -> list[str]:
     return [head + r for r in c.rules]
 
 
-def _elements(verb: str, s: NftSet, elements: Iterable[str]) -> list[str]:
-    items = sorted(elements if verb == "add" or not s.is_map else map(element_key, elements))
+def _elements(verb: str, s: NftSet, elements: Iterable[str], order: bool = False) -> list[str]:
+    items = list(elements if verb == "add" or not s.is_map else map(element_key, elements))
+    if order:  # for people (render output); the kernel does not care
+        items.sort()
     head = f"{verb} element {s.family} {TABLE} {s.name} {{ "
     return [head + ", ".join(items[i:i + CHUNK]) + " }" for i in range(0, len(items), CHUNK)]
 
@@ -50,7 +52,7 @@ def full_text(rs: NftRuleset, *, replace: bool = True) -> str:
         lines += _rules(c)
     for s in rs.sets.values():
         if s.elements:
-            lines += _elements("add", s, s.elements)
+            lines += _elements("add", s, s.elements, order=True)
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ class NftWorker:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"nft-{netns}",
                                         initializer=self._enter)
         self._nft: Any = None
+        self._gen_sock: Any = None
         self._pool.submit(self._open).result()
 
     def _enter(self) -> None:
@@ -61,6 +62,25 @@ class NftWorker:
         items: list[dict[str, Any]] = json.loads(out).get("nftables", [])
         return items
 
+    def _generation(self) -> int | None:
+        from pyroute2.netlink import NLM_F_REQUEST
+        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+
+        try:
+            if self._gen_sock is None:
+                self._gen_sock = NFTSocket()
+            msgs = self._gen_sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
+            gen = msgs[0].get_attr("NFTA_GEN_ID")
+            return int(gen) if gen is not None else None
+        except Exception:  # no answer: callers then read the kernel instead of trusting a cache
+            self._gen_sock = None
+            return None
+
+    def generation(self) -> int | None:
+        """The nf_tables generation (bumped by every committed transaction of anyone), read
+        from the worker thread, which is already inside the namespace."""
+        return self._pool.submit(self._generation).result()
+
     def conntrack_count(self) -> int | None:
         """Tracked connections in the namespace (None if unknown): /proc/sys/net is per
         namespace of the thread that opens it, so it is read from the worker thread."""
@@ -73,4 +93,8 @@ class NftWorker:
         return self._pool.submit(read).result()
 
     def close(self) -> None:
+        def shut() -> None:
+            if self._gen_sock is not None:
+                self._gen_sock.close()
+        self._pool.submit(shut).result()
         self._pool.shutdown(wait=True)
