@@ -2,6 +2,7 @@
 """Benchmark the iptables+ipset applier on one host namespace.
 
     .venv/bin/python bench/apply.py [--sizes 100,1000] [--reps 3] [--no-peer] [--legacy]
+    .venv/bin/python bench/apply.py --backend nftables [...]   (any backend: bench/nft_apply.py)
 
 For each size N (ports on the host; the workload of /work/shared/peer/neutron/gen_ports.py:
 2 groups per port, ~10 rules per group, a remote-group rule on a group holding every port,
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import workload  # bench/workload.py (bench/ is on sys.path when run as a script)
+from nft_apply import peer_dir
 
 from portwall.backends.iptables.apply import IptablesApplier
 from portwall.backends.iptables.render import (
@@ -52,7 +54,7 @@ from portwall.ir.compile import PlanCompiler, compile_plan
 from portwall.ir.types import HostPlan
 from portwall.lab import netns
 
-PEER_DIR = Path("/work/shared/peer/neutron")
+PEER_DIR = peer_dir()
 PEER_VENV = Path(os.environ.get("NEUTRON_PEER_VENV", "/opt/neutron-peer-venv"))
 HOST = "bench-host"
 GROUPS = 10
@@ -217,6 +219,11 @@ def ms(x: float | None) -> str:
 
 
 def main() -> None:
+    if "--backend" in sys.argv:  # the generic path: any backend through the interface
+        import nft_apply
+
+        nft_apply.main(sys.argv[1:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="100,1000")
     ap.add_argument("--reps", type=int, default=3)
