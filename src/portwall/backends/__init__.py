@@ -21,6 +21,7 @@ from portwall.backends.base import (
 #: name -> module that defines ``BACKEND``. Order is the order shown to users.
 REGISTRY: dict[str, str] = {
     "iptables": "portwall.backends.iptables",
+    "ovs": "portwall.backends.ovs",
 }
 
 #: The backend used when none is named.

@@ -86,12 +86,14 @@ def require_root() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--name", default=DEFAULT_NAME, show_default=True, help="Sandbox name.")
 @click.option("--no-policy", is_flag=True, help="Wire the VMs but apply no policy.")
-def up_cmd(file: str, name: str, no_policy: bool) -> None:
+@click.option("--backend", default=None,
+              help="Dataplane backend (iptables, ovs, ...; default: the default one).")
+def up_cmd(file: str, name: str, no_policy: bool, backend: str | None) -> None:
     """Build a sandbox from FILE and apply its policy."""
     topo = load_or_exit(file)
     out = console()
     try:
-        box, report = Sandbox.up(topo, name, apply=not no_policy)
+        box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend)
     except LabError as e:
         fail(str(e))
     out.print(f"sandbox [bold]{box.name}[/bold] is up (host namespace {box.host_ns})")
