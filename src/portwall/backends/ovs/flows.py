@@ -34,7 +34,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from portwall.ir.types import CtState, IPNetwork, Match, PortRange
+from portwall.ir.types import CtState, IPNetwork, Match, PortRange, SetRef
 
 T_CLASSIFY = 0
 T_EGRESS_START = 1
@@ -197,8 +197,8 @@ def match_variants(m: Match, *, with_sets: bool = False) -> list[list[str]]:
     if m.src_mac:
         fields.append(f"dl_src={m.src_mac.lower()}")
     for f, a in ((src_f, m.src), (dst_f, m.dst)):
-        if a is not None and not hasattr(a, "set_id") and a.prefixlen:  # type: ignore[union-attr]
-            fields.append(f"{f}={net_text(a)}")  # type: ignore[arg-type]
+        if a is not None and not isinstance(a, SetRef) and a.prefixlen:
+            fields.append(f"{f}={net_text(a)}")
     if m.icmp_type is not None:
         if m.protocol not in (1, 58):
             raise Unrenderable(f"ICMP type on protocol {m.protocol}")
