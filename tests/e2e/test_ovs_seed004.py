@@ -19,7 +19,6 @@ from portwall.ir import compile_plan
 from portwall.lab import netns
 from portwall.lab.enforce import apply_policy
 from portwall.lab.harness import Lab
-from portwall.lab.traffic import Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from portwall.backends.base import ApplyError, ApplyReport
+from portwall.backends.ovs import daemon
 from portwall.backends.ovs import flows as F
 from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb, OvsError, mgmt, vswitchd_ctl
 from portwall.backends.ovs.render import OvsRuleset
@@ -53,6 +54,8 @@ class OvsApplier:
     @property
     def db(self) -> Ovsdb:
         if self._db is None:
+            if not daemon.running(self.netns):
+                daemon.start(self.netns)  # a namespace without its Open vSwitch yet
             self._db = Ovsdb(self.netns)
         return self._db
 
