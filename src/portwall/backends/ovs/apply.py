@@ -153,8 +153,8 @@ class OvsApplier:
     def _incremental(self, desired: dict[int, tuple[str, ...]], report: ApplyReport) -> set[int]:
         assert self._applied is not None
         old = self._applied
-        changed = {c for c, fl in desired.items() if old.get(c) != fl}
-        gone = set(old) - set(desired)
+        changed = {c for c, fl in desired.items() if old.get(c, ()) != fl}
+        gone = {c for c in set(old) - set(desired) if old[c]}
         if not changed and not gone:
             return set()
         lines = [f"delete cookie={c:#x}/{F.OWNER_MASK:#x}" for c in sorted(changed | gone)
