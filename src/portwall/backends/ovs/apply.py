@@ -48,6 +48,9 @@ class OvsApplier:
         self.target = mgmt(netns, bridge)
         self._db: Ovsdb | None = None
         self._applied: dict[int, tuple[str, ...]] | None = None  # owner -> flows on the bridge
+        # owner cookie -> (the Owner object, its resolved texts), valid for ``_ports``
+        self._resolved: dict[int, tuple[object, tuple[str, ...]]] = {}
+        self._ports: dict[str, int] = {}
         self.commands: list[list[str]] = []
 
     # ------------------------------------------------------------------ helpers
@@ -84,9 +87,17 @@ class OvsApplier:
         """owner -> flow texts with port numbers; flows of absent devices are left out."""
         if ofports is None:
             ofports = self.db.ofports(self.bridge)
+        if ofports != self._ports:
+            self._resolved, self._ports = {}, dict(ofports)
+        cache, fresh = self._resolved, {}
         out: dict[int, tuple[str, ...]] = {}
         skipped: set[str] = set()
         for cookie, owner in ruleset.owners.items():
+            hit = cache.get(cookie)
+            if hit is not None and hit[0] is owner and not owner.flows_skipped:
+                out[cookie] = hit[1]
+                fresh[cookie] = hit
+                continue
             texts = []
             for f in owner.flows:
                 t = F.resolve(f.text(), ofports)
@@ -95,6 +106,9 @@ class OvsApplier:
                 else:
                     texts.append(t)
             out[cookie] = tuple(texts)
+            owner.flows_skipped = len(texts) != len(owner.flows)
+            fresh[cookie] = (owner, out[cookie])
+        self._resolved = fresh
         warnings = [f"device {d} is not on bridge {self.bridge}: its flows are not written"
                     for d in sorted(skipped)]
         return out, warnings

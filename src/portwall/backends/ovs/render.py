@@ -59,6 +59,9 @@ class Owner:
     rids: dict[int, str] = field(default_factory=dict)  # flow cookie -> rid
     origins: dict[str, Origin] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    #: set by the applier: some flows name a device that is not on the bridge (so a cached
+    #: resolution of this owner must not be trusted)
+    flows_skipped: bool = False
 
 
 @dataclass
@@ -414,6 +417,7 @@ class OvsRenderer:
         self._rulesets: dict[int, _RsOut] = {}
         self._sets_key: dict[str, int] = {}
         self._members: dict[int, _MemberCache] = {}
+        self._member_owners: dict[tuple[int, str, frozenset[int], frozenset[str]], Owner] = {}
         self._base = base_owner()
 
     def render(self, plan: HostPlan) -> OvsRuleset:
@@ -488,7 +492,14 @@ class OvsRenderer:
         for (table, m, sid), cids in acts.items():
             merged.setdefault((table, m), set()).update(cids)
             sources.setdefault((table, m), set()).add(sid)
+        old_owners, self._member_owners = self._member_owners, {}
         for (table, m), cids in merged.items():
+            key2 = (table, m, frozenset(cids), frozenset(sources[(table, m)]))
+            prev = old_owners.get(key2)
+            if prev is not None:
+                self._member_owners[key2] = prev
+                self._put(owners, prev)
+                continue
             key = f"{table}:{m}"
             cookie = F.owner_cookie(F.KIND_MEMBER, key)
             a = ",".join(f"conjunction({c},2/2)" for c in sorted(cids))
@@ -496,9 +507,11 @@ class OvsRenderer:
             srcs = sorted(sources[(table, m)])
             origin = Origin(OriginKind.GROUP, "address_set", srcs[0], ", ".join(srcs),
                             f"remote-group member {m}")
-            self._put(owners, Owner(cookie, f"member {m} of {', '.join(srcs)}",
-                                    (Flow(table, F.RULE_PRIORITY, m, a, cookie | 1),),
-                                    {cookie | 1: rid}, {rid: origin}))
+            owner = Owner(cookie, f"member {m} of {', '.join(srcs)}",
+                          (Flow(table, F.RULE_PRIORITY, m, a, cookie | 1),),
+                          {cookie | 1: rid}, {rid: origin})
+            self._member_owners[key2] = owner
+            self._put(owners, owner)
 
     @staticmethod
     def _add_floods(plan: HostPlan, owners: dict[int, Owner]) -> None:
