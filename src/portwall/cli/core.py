@@ -36,7 +36,7 @@ def validate_cmd(file: str) -> None:
 @click.command("render")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--host", default=None, help="Only ports bound to this binding:host_id.")
-@click.option("--backend", type=click.Choice(["iptables"]), default="iptables",
+@click.option("--backend", type=click.Choice(["iptables", "ovs"]), default="iptables",
               show_default=True, help="Dataplane to render for.")
 @click.option("--ipv6", is_flag=True, help="Print the ip6tables-restore input instead of IPv4.")
 @click.option("--ipset/--no-ipset", "show_ipset", default=True, show_default=True,
@@ -53,6 +53,13 @@ def render_cmd(file: str, host: str | None, backend: str, ipv6: bool, show_ipset
     plan = compile_plan(topo.model, host=host)
     if host is not None and not plan.ports:
         fail(f"no port of {file} is bound to host '{host}' (binding:host_id)")
+    if backend != "iptables":  # any other backend: its own titled sections
+        from portwall import backends
+
+        for title, text in backends.get(backend).render(plan).sections():
+            click.echo(f"# {title}")
+            click.echo(text, nl=False)
+        return
     ruleset = render_iptables(plan)
     if show_ipset:
         click.echo("# ipset restore", nl=True)
