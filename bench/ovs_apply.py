@@ -49,7 +49,7 @@ def add_devices(ns: str, devices: list[str]) -> None:
     """The ports' devices on the bridge, in one OVSDB transaction: as patch ports to a
     second bridge (an OpenFlow port number each, nothing for the userspace datapath to
     poll: a thousand polled veths would measure the datapath's main loop, not portwall)."""
-    with Ovsdb(ns) as db:
+    with Ovsdb(ns, timeout=600) as db:  # ovs-vswitchd confirms a thousand ports slowly
         with db.api.transaction(check_error=True) as txn:
             txn.add(db.api.add_br("br-peer", datapath_type="netdev"))
             for dev in devices:
