@@ -60,7 +60,7 @@ def vswitchd_ctl(netns: str) -> str:
 class Ovsdb:
     """An ovsdbapp connection to one private ovsdb-server (close it when done)."""
 
-    def __init__(self, netns: str, timeout: float = 10) -> None:
+    def __init__(self, netns: str, timeout: float = 60) -> None:
         from ovsdbapp.backend.ovs_idl import connection
         from ovsdbapp.schema.open_vswitch import impl_idl
 
