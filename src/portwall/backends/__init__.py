@@ -22,6 +22,7 @@ from portwall.backends.base import (
 REGISTRY: dict[str, str] = {
     "iptables": "portwall.backends.iptables",
     "nftables": "portwall.backends.nftables",
+    "ovs": "portwall.backends.ovs",
 }
 
 #: The backend used when none is named.

@@ -33,9 +33,11 @@ if TYPE_CHECKING:
               show_default=True, help="Conntrack state of the packet.")
 @click.option("-6", "--ipv6", "v6", is_flag=True, help="Use IPv6 addresses of VMs and ports.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
+@click.option("--backend", default=None,
+              help="Also show the backend's own path (ovs: tables and flows, cookie -> rule).")
 def trace_cmd(file: str, src: str, dst: str, proto: str, sport: int | None, dport: int | None,
               icmp_type: int | None, icmp_code: int | None, state: str, v6: bool,
-              as_json: bool) -> None:
+              as_json: bool, backend: str | None) -> None:
     """Explain why a packet from A to B is allowed or denied.
 
     Walks the path hop by hop (through VMs that forward and Neutron routers) and, on each
@@ -57,11 +59,45 @@ def trace_cmd(file: str, src: str, dst: str, proto: str, sport: int | None, dpor
             icmp_code=icmp_code, family=6 if v6 else None)
     except (TraceError, ValueError) as e:
         fail(str(e))
+    flows = _backend_path(backend, plan, result) if backend else None
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        doc = result.to_json()
+        if flows is not None:
+            doc["flows"] = flows
+        click.echo(json.dumps(doc, indent=2))
     else:
         _print_trace(result)
+        for line in flows or []:
+            click.echo(line)
     sys.exit(0 if result.allowed else 1)
+
+
+def _backend_path(name: str, plan: object, result: object) -> list[str]:
+    """The flows each hop meets on an OVS bridge (compare with ovs-appctl ofproto/trace)."""
+    from portwall import backends
+    from portwall.analyze.trace import TraceResult
+    from portwall.ir.types import HostPlan
+
+    assert isinstance(result, TraceResult) and isinstance(plan, HostPlan)
+    try:
+        b = backends.get(name)
+    except backends.UnknownBackend as e:
+        fail(str(e))
+    if b.bridge != "ovs":
+        return [f"(backend {b.name}: no per-flow path to show)"]
+    from portwall.backends.ovs.sim import Simulator, explain, simulate_hop
+
+    ruleset = b.render(plan)
+    sim = Simulator(ruleset)  # type: ignore[arg-type]
+    out = []
+    for hop in result.hops:
+        eg, ing = hop.result.egress, hop.result.ingress
+        src = eg.port if eg is not None else None
+        dst = ing.port if ing is not None else None
+        out.append(f"OpenFlow path {hop.sender} -> {hop.receiver} (bridge br-int):")
+        res = simulate_hop(sim, hop.result.packet, src, dst)
+        out += ["  " + ln for ln in explain(ruleset, res, dst)]  # type: ignore[arg-type]
+    return out
 
 
 def _print_trace(result: object) -> None:

@@ -180,6 +180,34 @@ def status_cmd(name: str | None, as_json: bool) -> None:
         out.print(t)
 
 
+@lab_group.command("flows")
+@click.option("--name", default=None, help=f"Sandbox name (default: {DEFAULT_NAME}).")
+@click.option("--hit", is_flag=True, help="Only flows that matched a packet.")
+def flows_cmd(name: str | None, hit: bool) -> None:
+    """OVS sandboxes: flow counters (ovs-ofctl dump-flows) with the portwall resource behind
+    each cookie, then the datapath's conntrack entries (like conntrack -L)."""
+    from portwall import backends
+    from portwall.backends.ovs import report as ovs_report
+    from portwall.ir import compile_plan
+
+    try:
+        box = Sandbox.open(pick_name(name))
+    except LabError as e:
+        fail(str(e))
+    b = backends.get(box.state.backend)
+    if b.bridge != "ovs":
+        fail(f"sandbox {box.name} runs the {b.name} backend: flows exist only on ovs")
+    plan = compile_plan(load_or_exit(box.state.topology).model)
+    with b.applier(box.host_ns) as applier:
+        ruleset = b.render(plan)
+        click.echo(f"# ovs-ofctl dump-flows br-int (sandbox {box.name}, {box.host_ns})")
+        for line in ovs_report.flow_lines(applier, ruleset, all_flows=not hit):  # type: ignore[arg-type]
+            click.echo(line)
+        click.echo("# conntrack (ovs-appctl dpctl/dump-conntrack)")
+        for line in ovs_report.conntrack_lines(applier, plan):  # type: ignore[arg-type]
+            click.echo(line)
+
+
 @lab_group.command("down")
 @click.option("--name", default=None, help=f"Sandbox name (default: {DEFAULT_NAME}).")
 @click.option("--all", "all_", is_flag=True, help="Remove every sandbox.")

@@ -28,7 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from portwall import backends
 from portwall.ir import compile_plan
-from portwall.lab import netns
+from portwall.lab import netns, ovs_host
 from portwall.lab import state as st
 from portwall.lab.enforce import PolicyReport, apply_policy
 from portwall.lab.state import LabError, PortState, SandboxState, VMState
@@ -134,9 +134,16 @@ class Sandbox:
                 raise
             return box, report
 
+    @property
+    def ovs(self) -> bool:
+        """The backend needs an Open vSwitch integration bridge, not Linux bridges."""
+        return backends.get(self.state.backend).bridge == "ovs"
+
     def _create_host(self) -> None:
         netns.create(self.host_ns)
         _sysctl(self.host_ns, _HOST_SYSCTLS)
+        if self.ovs:
+            ovs_host.start(self.host_ns)
 
     def _ensure_bridge(self, ip: IPRoute, bridge: str, report: LabReport) -> int:
         found = ip.link_lookup(ifname=bridge)
@@ -167,7 +174,7 @@ class Sandbox:
 
     def _plug(self, vm: VMState, port: PortState, report: LabReport) -> None:
         with _iproute(self.host_ns) as hip:
-            br = self._ensure_bridge(hip, port.bridge, report)
+            br = None if self.ovs else self._ensure_bridge(hip, port.bridge, report)
             for stale in hip.link_lookup(ifname=port.device):
                 hip.link("del", index=stale)
             with _iproute(vm.netns) as vip:
@@ -180,7 +187,13 @@ class Sandbox:
                 hip.link("add", ifname=port.device, kind="veth",
                          peer={"ifname": port.ifname, "net_ns_fd": nsfd, "address": port.mac})
             tap = hip.link_lookup(ifname=port.device)[0]
-            hip.link("set", index=tap, master=br, state="up")
+            if br is None:
+                hip.link("set", index=tap, state="up")
+            else:
+                hip.link("set", index=tap, master=br, state="up")
+        if br is None:
+            ovs_host.plug(self.host_ns, port.device)
+            ovs_host.vm_side_offload_off(vm.netns, port.ifname)
         with _iproute(vm.netns) as vip:
             idx = vip.link_lookup(ifname=port.ifname)[0]
             vip.link("set", index=idx, state="up")
@@ -197,6 +210,8 @@ class Sandbox:
         with _iproute(self.host_ns) as hip:
             for idx in hip.link_lookup(ifname=port.device):
                 hip.link("del", index=idx)  # deleting one end removes the VM end too
+        if self.ovs:
+            ovs_host.unplug(self.host_ns, port.device)
         vm.ports = [p for p in vm.ports if p.ifname != port.ifname]
         st.save(self.state)
         report.changes.append(f"unplugged {vm.name}/{port.ifname} ({port.device})")
@@ -307,6 +322,9 @@ class Sandbox:
             for p in vm.ports:
                 for idx in hip.link_lookup(ifname=p.device):
                     hip.link("del", index=idx)
+        if self.ovs:
+            for p in vm.ports:
+                ovs_host.unplug(self.host_ns, p.device)
         netns.delete(vm.netns)
         del self.state.vms[vm.name]
         self.state.namespaces = [n for n in self.state.namespaces if n != vm.netns]
@@ -345,6 +363,8 @@ class Sandbox:
     def _teardown(self) -> list[str]:
         _only_in(self.pid)
         removed = []
+        with contextlib.suppress(Exception):  # the namespace's deletion kills them anyway
+            ovs_host.stop(self.host_ns)
         for ns in reversed(self.state.namespaces):
             if netns.exists(ns):
                 netns.delete(ns)

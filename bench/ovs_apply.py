@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Benchmark the Open vSwitch backend on a private ovs-vswitchd (userspace datapath).
+
+    .venv/bin/python bench/ovs_apply.py [--sizes 100,1000] [--reps 20]
+
+For each size N (the shared workload of bench/workload.py: every port in sg-all, which has a
+remote-group rule on itself, and in one of ten sg-app groups; an address pair on every 10th
+port) it builds a namespace with its own ovsdb-server + ovs-vswitchd and N veth ports on the
+integration bridge, then prints:
+
+* flows rendered (and how many are remote-group member flows / conjunctions), render time,
+  full sync (a fresh applier: diff against the bridge + one ``--bundle replace-flows``);
+* with N ports present, for (a) one new port, (b) one new remote-group member (a port on
+  another host joins sg-all), (c) one changed rule: model -> flows time (incremental
+  compile + render + resolving port numbers + diff by cookie; median and p99 over the
+  repetitions), the bundle apply time, and the flows touched (added + deleted).
+
+Everything runs in a namespace made here and removed at the end (daemons stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workload
+from pyroute2 import IPRoute
+
+from portwall.backends.ovs.apply import OvsApplier
+from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb
+from portwall.backends.ovs.render import OvsRenderer
+from portwall.ir import PlanCompiler, compile_plan
+from portwall.ir.compile import tap_name
+from portwall.lab import netns, ovs_host
+
+
+def p99(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
+
+
+def add_devices(ns: str, devices: list[str]) -> None:
+    """The ports' devices on the bridge, in one OVSDB transaction: as patch ports to a
+    second bridge (an OpenFlow port number each, nothing for the userspace datapath to
+    poll: a thousand polled veths would measure the datapath's main loop, not portwall)."""
+    with Ovsdb(ns, timeout=600) as db:  # ovs-vswitchd confirms a thousand ports slowly
+        with db.api.transaction(check_error=True) as txn:
+            txn.add(db.api.add_br("br-peer", datapath_type="netdev"))
+            for dev in devices:
+                txn.add(db.api.add_port(BRIDGE, dev, type="patch",
+                                        options={"peer": f"peer-{dev}"}))
+                txn.add(db.api.add_port("br-peer", f"peer-{dev}", type="patch",
+                                        options={"peer": dev}))
+        deadline = time.monotonic() + 120
+        while len(set(devices) - set(db.ofports())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def bench_size(n: int, reps: int) -> dict[str, Any]:
+    w = workload.Workload(n)
+    ns = netns.unique_name("pwbench-ovs")
+    netns.create(ns)
+    try:
+        ovs_host.start(ns)
+        plan = compile_plan(w.m)
+        # devices for the N ports and for the ports the "+1 port" runs will add
+        future = [w.next + i for i in range(reps)]
+        add_devices(ns, [p.device for p in plan.ports])
+        t = time.perf_counter()
+        rs = OvsRenderer().render(plan)
+        render_s = time.perf_counter() - t
+        counts = rs.counts()
+        with OvsApplier(ns) as a:
+            t = time.perf_counter()
+            full = a.apply(rs, plan)
+            full_s = time.perf_counter() - t
+            print(f"{n} ports: full sync phases {full.timings}", file=sys.stderr)
+        on_bridge = len([ln for ln in a.dump().splitlines() if "cookie=" in ln])
+        comp, rend = PlanCompiler(), OvsRenderer()
+        rend.render(comp.compile(w.m))
+        applier = OvsApplier(ns)
+        applier.apply(rend.render(comp.compile(w.m)), None)  # warm: knows the bridge
+        # pre-create the devices of the ports to come (ids are deterministic)
+        ids_before = set(w.m.ports)
+        probe = workload.Workload(n)
+        new_ids = [probe.add_port() for _ in future]
+        assert not set(new_ids) & ids_before
+        add_devices(ns, [tap_name(pid) for pid in new_ids])
+        res: dict[str, Any] = {"n": n, "flows": counts["flows"], "member_flows": counts["member_flows"],
+                               "conjunctions": counts["conjunctions"], "on_bridge": on_bridge,
+                               "render_s": render_s, "full_s": full_s}
+        cases = {"+1 port": lambda i: w.add_port(),
+                 "+1 member": lambda i: w.add_port(host="elsewhere"),
+                 "1 changed rule": lambda i: w.change_rule(i)}
+        for name, change in cases.items():
+            model_ms, apply_ms, touched = [], [], []
+            for i in range(reps):
+                change(i)
+                t = time.perf_counter()
+                new = rend.render(comp.compile(w.m))
+                desired, _ = applier.resolved(new)
+                old = applier._applied or {}
+                diff = ({c for c, f in desired.items() if old.get(c, ()) != f}
+                        | {c for c in set(old) - set(desired) if old[c]})
+                model_ms.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                rep = applier.apply(new, None)
+                apply_ms.append((time.perf_counter() - t) * 1000)
+                touched.append(rep.changes.get("flows_added", 0) + rep.changes.get("flows_deleted", 0))
+                assert len(diff) == rep.changes.get("owners_changed", 0)
+            res[name] = {"model_med": statistics.median(model_ms), "model_p99": p99(model_ms),
+                         "apply_med": statistics.median(apply_ms), "apply_p99": p99(apply_ms),
+                         "touched": statistics.median(touched)}
+        # the incremental result equals a fresh render, and the bridge has no drift
+        assert not applier.drift(OvsRenderer().render(compile_plan(w.m)))
+        applier.close()
+        return res
+    finally:
+        ovs_host.stop(ns)
+        netns.delete(ns)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100,1000")
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args()
+    rows = [bench_size(int(s), args.reps) for s in args.sizes.split(",")]
+    print("| ports | flows | member flows | conj ids | render | full sync (diff + bundle) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']} | {r['flows']} ({r['flows'] / r['n']:.0f}/port) | {r['member_flows']} "
+              f"| {r['conjunctions']} | {r['render_s'] * 1000:.0f} ms | {r['full_s'] * 1000:.0f} ms |")
+    print()
+    print(f"single changes ({args.reps} each): model -> flows (compile + render + diff) and bundle apply, ms")
+    print("| ports | change | model->flows median | p99 | apply median | p99 | flows touched |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        for name in ("+1 port", "+1 member", "1 changed rule"):
+            c = r[name]
+            print(f"| {r['n']} | {name} | {c['model_med']:.1f} | {c['model_p99']:.1f} | "
+                  f"{c['apply_med']:.1f} | {c['apply_p99']:.1f} | {c['touched']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

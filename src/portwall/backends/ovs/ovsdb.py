@@ -1,0 +1,134 @@
+"""Where a namespace's private Open vSwitch lives, and OVSDB access through ovsdbapp.
+
+portwall never talks to the machine's own ovs-vswitchd: each "compute host" namespace gets
+its own ovsdb-server and ovs-vswitchd (started by :mod:`portwall.lab.ovs_host`), whose
+database, sockets and logs live in :func:`run_dir` of that namespace. The applier finds
+them by the namespace name alone, which is all the backend interface passes it.
+
+Bridges, ports and OpenFlow port numbers go through OVSDB (ovsdbapp), never by parsing
+``ovs-vsctl`` output.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from portwall.model.errors import PortwallError
+
+#: Overrides the base directory of the private OVS instances (default: the lab state dir).
+OVS_DIR_ENV = "PORTWALL_OVS_DIR"
+BRIDGE = "br-int"
+
+
+class OvsError(PortwallError):
+    status = 500
+    neutron_type = "OvsError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, resource="ovs")
+
+
+def base_dir() -> Path:
+    env = os.environ.get(OVS_DIR_ENV)
+    if env:
+        return Path(env)
+    from portwall.lab.state import state_dir
+
+    return state_dir() / "ovs"
+
+
+def run_dir(netns: str) -> Path:
+    return base_dir() / netns
+
+
+def db_sock(netns: str) -> Path:
+    return run_dir(netns) / "db.sock"
+
+
+def mgmt(netns: str, bridge: str = BRIDGE) -> str:
+    """The OpenFlow management socket of ``bridge`` (what ovs-ofctl connects to)."""
+    return f"unix:{run_dir(netns) / (bridge + '.mgmt')}"
+
+
+def vswitchd_ctl(netns: str) -> str:
+    return str(run_dir(netns) / "ovs-vswitchd.ctl")
+
+
+class Ovsdb:
+    """An ovsdbapp connection to one private ovsdb-server (close it when done)."""
+
+    def __init__(self, netns: str, timeout: float = 60) -> None:
+        from ovsdbapp.backend.ovs_idl import connection
+        from ovsdbapp.schema.open_vswitch import impl_idl
+
+        sock = db_sock(netns)
+        if not sock.exists():
+            raise OvsError(f"no Open vSwitch for namespace {netns} ({sock} missing): is the "
+                           "sandbox built for the ovs backend?")
+        idl = connection.OvsdbIdl.from_server(f"unix:{sock}", "Open_vSwitch")
+        self._conn = connection.Connection(idl=idl, timeout=timeout)
+        # ovsdbapp keeps one connection per API class: a class of our own per server
+        api_cls = type("PortwallOvsIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+        self.api: Any = api_cls(self._conn)
+        self._ofports: tuple[int, str, dict[str, int]] | None = None
+
+    def close(self) -> None:
+        self._conn.stop()
+
+    def __enter__(self) -> Ovsdb:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reads
+    def _rows(self, table: str) -> list[Any]:
+        return list(self.api.tables[table].rows.values())
+
+    def bridges(self) -> list[str]:
+        return [r.name for r in self._rows("Bridge")]
+
+    def ofports(self, bridge: str = BRIDGE) -> dict[str, int]:
+        """Interface name -> OpenFlow port number, for the ports of ``bridge`` that
+        ovs-vswitchd has attached (a port it could not open has none). Cached until the
+        database changes: walking a thousand ports' rows costs milliseconds."""
+        seqno = self._conn.idl.change_seqno
+        if self._ofports is not None and self._ofports[:2] == (seqno, bridge):
+            return dict(self._ofports[2])
+        out: dict[str, int] = {}
+        for br in self._rows("Bridge"):
+            if br.name != bridge:
+                continue
+            for port in br.ports:
+                for iface in port.interfaces:
+                    no = iface.ofport[0] if iface.ofport else -1
+                    if no > 0:
+                        out[iface.name] = int(no)
+        self._ofports = (seqno, bridge, out)
+        return dict(out)
+
+    # ----------------------------------------------------------------- writes
+    def ensure_bridge(self, bridge: str = BRIDGE) -> None:
+        """The integration bridge, userspace datapath, no flows of its own: in secure fail
+        mode a bridge without portwall's flows drops everything instead of switching."""
+        with self.api.transaction(check_error=True) as txn:
+            txn.add(self.api.add_br(bridge, datapath_type="netdev"))
+            txn.add(self.api.db_set("Bridge", bridge, ("fail_mode", "secure"),
+                                    ("other_config", {"disable-in-band": "true"})))
+
+    def add_port(self, device: str, bridge: str = BRIDGE, timeout: float = 10) -> int:
+        """Attach ``device``; returns its OpenFlow port number once ovs-vswitchd set it."""
+        self.api.add_port(bridge, device).execute(check_error=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            no = self.ofports(bridge).get(device)
+            if no:
+                return no
+            time.sleep(0.02)
+        raise OvsError(f"ovs-vswitchd did not attach {device} to {bridge}")
+
+    def del_port(self, device: str, bridge: str = BRIDGE) -> None:
+        self.api.del_port(device, bridge=bridge, if_exists=True).execute(check_error=True)
