@@ -41,7 +41,8 @@ def trace_cmd(file: str, src: str, dst: str, proto: str, sport: int | None, dpor
     Walks the path hop by hop (through VMs that forward and Neutron routers) and, on each
     hop, the sender's anti-spoof check and egress rules and the receiver's ingress rules,
     naming the rule, group, remote-group member and port responsible. Exit status 0 when
-    the packet is allowed, 1 when it is denied.
+    the packet is allowed, 1 when it is denied, 3 when the path leaves what is modelled
+    (e.g. through a gateway no router models) so no verdict can be given.
 
     \b
     Example:
@@ -61,7 +62,7 @@ def trace_cmd(file: str, src: str, dst: str, proto: str, sport: int | None, dpor
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         _print_trace(result)
-    sys.exit(0 if result.allowed else 1)
+    sys.exit({"allow": 0, "deny": 1}.get(result.verdict, 3))
 
 
 def _print_trace(result: object) -> None:
@@ -72,7 +73,7 @@ def _print_trace(result: object) -> None:
 
     assert isinstance(result, TraceResult)
     con = Console(highlight=False, soft_wrap=True)
-    colour = "green" if result.allowed else "red"
+    colour = {"allow": "green", "deny": "red"}.get(result.verdict, "yellow")
     con.print(Text(f"{result.verdict.upper()}: {result.packet.describe()}", style=f"bold {colour}"))
     marks = {"allow": ("✓", "green"), "deny": ("✗", "red"), "info": ("·", "dim")}
     for s in result.steps:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from portwall.bulk import cached_build
+from portwall.ir.l3 import compile_routers
 from portwall.ir.types import (
     Action,
     AddressSet,
@@ -494,7 +495,7 @@ class PlanCompiler:
             del self._rulesets[rsid]
             self._jumps.pop(rsid, None)
         return HostPlan(host=self.host, ports=tuple(plans), rulesets=rulesets,
-                        address_sets=address_sets)
+                        address_sets=address_sets, routers=compile_routers(model))
 
     def _port_plan(self, entry: _PortEntry, groups: Mapping[str, SecurityGroup],
                    zones: Mapping[str, int]) -> PortPlan:
