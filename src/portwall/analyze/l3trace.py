@@ -42,6 +42,7 @@ def through_router(tracer: Tracer, result: TraceResult, router: RouterPlan,
     from portwall.analyze.trace import TraceStep, _Sender
 
     res = route_packet(tracer.plan, router, pkt, inbound)
+    result.routed.append(res)
     _steps(tracer, result, res)
     name = router.name or router.id
     if res.packet != pkt:

@@ -92,6 +92,8 @@ class TraceResult:
     unknown: str | None = None
     #: the packet as it arrives, after the routers' NAT (None: never translated)
     translated: Packet | None = None
+    #: every router hop (portwall.analyze.l3eval.RouterResult), in path order
+    routed: list[Any] = field(default_factory=list)
 
     def suggest(self, text: str, priority: int) -> None:
         """Keep the most useful hint: the first one of the highest priority."""

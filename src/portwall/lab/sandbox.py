@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from portwall import backends
 from portwall.ir import compile_plan
+from portwall.ir.types import HostPlan
 from portwall.lab import netns
 from portwall.lab import state as st
 from portwall.lab.enforce import PolicyReport, apply_policy
@@ -126,6 +127,7 @@ class Sandbox:
                 report.changes.append(f"host namespace {state.host_netns}")
                 for vm in want.values():
                     box._add_vm(vm, report)
+                box._sync_l3(topo, plan, report)
                 if apply:
                     report.policy = apply_policy(state.host_netns, plan, state.backend)
             except BaseException:
@@ -133,6 +135,15 @@ class Sandbox:
                 box._teardown()
                 raise
             return box, report
+
+    def _sync_l3(self, topo: Topology, plan: HostPlan, report: LabReport) -> None:
+        """Routers and the outside (portwall.lab.routers / .outside)."""
+        from portwall.lab.outside import sync_outside
+        from portwall.lab.routers import sync_routers
+
+        sync_outside(self, topo.lab.outside, report)
+        if plan.routers or self.state.routers:
+            sync_routers(self, topo, plan, report)
 
     def _create_host(self) -> None:
         netns.create(self.host_ns)
@@ -276,6 +287,7 @@ class Sandbox:
             self.state.topology = _source(topo)
             st.save(self.state)
             report.policy = apply_policy(self.host_ns, plan, self.state.backend)
+            self._sync_l3(topo, plan, report)
             for vm_state, port, addr in garp:
                 self._announce(vm_state, port, addr)
             return report
@@ -344,6 +356,9 @@ class Sandbox:
 
     def _teardown(self) -> list[str]:
         _only_in(self.pid)
+        from portwall.lab.routers import teardown as l3_teardown
+
+        l3_teardown(self.state)
         removed = []
         for ns in reversed(self.state.namespaces):
             if netns.exists(ns):
