@@ -51,6 +51,13 @@ _ROUTER_SYSCTLS = {
     "net.ipv6.conf.default.accept_dad": "0",
     "net.ipv4.conf.all.send_redirects": "0",  # hairpin: in and out by the same qr-
     "net.ipv4.conf.default.send_redirects": "0",
+    # A network with a v4 and a v6 subnet gets two router ports on one bridge: only the
+    # interface that owns an address answers ARP for it (else REDIRECT, which rewrites to
+    # the incoming interface's address, meets the interface without one).
+    "net.ipv4.conf.all.arp_ignore": "1",
+    "net.ipv4.conf.default.arp_ignore": "1",
+    "net.ipv4.conf.all.arp_announce": "2",
+    "net.ipv4.conf.default.arp_announce": "2",
 }
 # One renderer and one applier per router namespace, for the life of this process.
 _RENDERERS: dict[str, L3Renderer] = {}
