@@ -28,6 +28,7 @@ picks the L3 renderer through :func:`portwall.lab.routers.l3_backend`.
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 import time
 from collections.abc import Callable, Iterable
@@ -315,6 +316,16 @@ def reconcile_router(runner: Runner, old: RouterPlan | None, new: RouterPlan,
     if old is not None and old.floating_ips == new.floating_ips and \
             old.firewalls == new.firewalls and old.snat == new.snat:
         return 0
+    if old is not None and old.firewalls == new.firewalls and old.snat == new.snat:
+        # Only floating IPs changed: delete by address, no listing (one process).
+        now = {(f.floating, f.fixed) for f in new.floating_ips}
+        moved = sorted({str(f.floating) for f in old.floating_ips if (f.floating, f.fixed)
+                        not in now})
+        if not moved:
+            return 0
+        cmds = [f"conntrack -D {flag} {a} 2>&1" for a in moved for flag in ("-d", "-q")]
+        out = runner.run(["sh", "-c", "; ".join(cmds) + "; true"], write=True).stdout
+        return sum(int(n) for n in re.findall(r"(\d+) flow entries have been deleted", out))
     listing = runner.run(["conntrack", "-L", "-o", "extended"]).stdout
     stale = stale_connections(old, new, parse_router_ct(listing), allowed)
     if not stale:
