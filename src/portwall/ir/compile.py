@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from portwall.bulk import cached_build
-from portwall.ir.l3 import compile_routers
+from portwall.ir.l3 import RouterCompiler
 from portwall.ir.types import (
     Action,
     AddressSet,
@@ -366,6 +366,7 @@ class PlanCompiler:
         self._zones: dict[str, int] = {}
         self._order_key: tuple[str, ...] | None = None
         self._order: list[str] = []
+        self._routers = RouterCompiler()
 
     def compile(self, model: Model) -> HostPlan:
         """The plan for the model as it is now (see :func:`compile_plan`)."""
@@ -495,7 +496,7 @@ class PlanCompiler:
             del self._rulesets[rsid]
             self._jumps.pop(rsid, None)
         return HostPlan(host=self.host, ports=tuple(plans), rulesets=rulesets,
-                        address_sets=address_sets, routers=compile_routers(model))
+                        address_sets=address_sets, routers=self._routers.compile(model))
 
     def _port_plan(self, entry: _PortEntry, groups: Mapping[str, SecurityGroup],
                    zones: Mapping[str, int]) -> PortPlan:

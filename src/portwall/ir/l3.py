@@ -337,8 +337,57 @@ def compile_router(m: Model, router_id: str, index: _Index | None = None) -> Rou
 
 
 def compile_routers(m: Model) -> dict[str, RouterPlan]:
-    """Every router of the model, by id (routers are few; compiled whole every time)."""
-    if not m.routers:
-        return {}
-    ix = _index(m)
-    return {rid: compile_router(m, rid, ix) for rid in sorted(m.routers)}
+    """Every router of the model, by id (one-shot; see :class:`RouterCompiler`)."""
+    return RouterCompiler().compile(m)
+
+
+class RouterCompiler:
+    """Compiles the routers again and again, redoing only routers whose inputs changed.
+
+    A router's key is made of what its plan reads: the router and port objects (the model
+    replaces them on update), its floating IPs' association fields (updated in place) and
+    its firewall groups' policies and rules by value. Unchanged routers keep the very same
+    RouterPlan object, so renderers can skip them by identity."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[tuple[object, ...], RouterPlan]] = {}
+
+    def compile(self, m: Model) -> dict[str, RouterPlan]:
+        if not m.routers:
+            self._cache.clear()
+            return {}
+        ix: _Index | None = None
+        gw: dict[str, Port] = {}
+        fips: dict[str, list[tuple[object, ...]]] = {}
+        for p in m.ports.values():
+            if p.device_owner == "network:router_gateway":
+                gw.setdefault(p.device_id, p)
+        for f in m.floating_ips.values():
+            if f.router_id:
+                fips.setdefault(f.router_id, []).append(
+                    (f.id, f.floating_ip_address, f.fixed_ip_address, f.port_id, f.name))
+        fw_of: dict[str, list[tuple[object, ...]]] = {}
+        for g in m.firewall_groups.values():
+            key = (id(g), g.name, g.admin_state_up, tuple(g.ports), *(
+                (pid, tuple(m.firewall_policies[pid].firewall_rules), tuple(
+                    (id(m.firewall_rules[r]), m.firewall_rules[r].enabled)
+                    for r in m.firewall_policies[pid].firewall_rules)) if pid else None
+                for pid in (g.ingress_firewall_policy_id, g.egress_firewall_policy_id)))
+            for pid in g.ports:
+                fw_of.setdefault(pid, []).append(key)
+        out: dict[str, RouterPlan] = {}
+        for rid in sorted(m.routers):
+            r = m.routers[rid]
+            ports = tuple(m.ports.get(p) for p in m.router_interfaces.get(rid, []))
+            rkey: tuple[object, ...] = (
+                id(r), tuple(id(p) for p in ports), id(gw.get(rid)),
+                tuple(sorted(fips.get(rid, []), key=str)),
+                tuple(k for p in ports if p is not None for k in fw_of.get(p.id, ())))
+            hit = self._cache.get(rid)
+            if hit is None or hit[0] != rkey:
+                ix = ix or _index(m)
+                hit = self._cache[rid] = (rkey, compile_router(m, rid, ix))
+            out[rid] = hit[1]
+        for rid in [k for k in self._cache if k not in out]:
+            del self._cache[rid]
+        return out

@@ -163,7 +163,7 @@ class L3Renderer:
         out: dict[str, RouterRuleset] = {}
         for r in routers:
             hit = self._cache.get(r.id)
-            if hit is None or hit[0] != r:
+            if hit is None or (hit[0] is not r and hit[0] != r):
                 hit = self._cache[r.id] = (r, render_router(r))
             out[r.id] = hit[1]
         for rid in [k for k in self._cache if k not in out]:
