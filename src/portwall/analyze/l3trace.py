@@ -98,12 +98,21 @@ def from_outside(tracer: Tracer, result: TraceResult, pkt: Packet) -> bool:
     from portwall.analyze.trace import TraceStep
 
     router = router_with_floating_ip(tracer.plan, pkt.dst)
+    what = "a floating IP"
+    if router is None:  # a tenant address behind a router: only if upstream routes it there
+        what = "behind"
+        router = next((r for r in tracer.plan.routers.values() if r.gateway is not None and any(
+            pkt.dst in n for i in r.interfaces for n in i.networks())), None)
     if router is None or router.gateway is None:
         return False
+    name = router.name or router.id
     result.steps.append(TraceStep(
         "route", "router", router.id, router.name,
-        f"{pkt.dst} is a floating IP of router {router.name or router.id}: the packet"
-        f" arrives on its gateway {router.gateway.device}"))
+        f"{pkt.dst} is a floating IP of router {name}: the packet arrives on its gateway"
+        f" {router.gateway.device}" if what != "behind" else
+        f"{pkt.dst} is behind router {name}: a packet routed to it from the outside arrives"
+        f" on its gateway {router.gateway.device} (only tenant networks the upstream routes"
+        " there; floating IPs are the usual way in)"))
     nxt = through_router(tracer, result, router, router.gateway, pkt)
     if nxt is not None:
         sender, forced, p2 = nxt
