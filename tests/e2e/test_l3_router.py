@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from portwall.ir import compile_plan
 from portwall.lab import netns
 from portwall.lab.check import endpoint
 from portwall.lab.harness import Lab, LabBox
@@ -129,3 +131,27 @@ def test_established_replies_pass_a_default_deny_egress(box: LabBox) -> None:
     with Server(box.vm("db-1"), tcp=[5432]):
         assert _send(box, "web-1", "10.3.0.21", 5432) == "allow"  # replies: ESTABLISHED
     assert _send(box, "db-1", "198.51.100.10", 7) == "deny"  # new from db: default deny
+
+
+INVALID_ACK = r"""
+import sys
+from scapy.all import Ether, IP, TCP, Raw, sendp
+sendp(Ether(src=sys.argv[1], dst=sys.argv[2]) / IP(src="10.2.0.11", dst="10.3.0.21")
+      / TCP(sport=41000, dport=5432, flags="A", seq=5, ack=7) / Raw(b"x"), iface="eth0",
+      count=3, verbose=False)
+"""
+
+
+def test_fwaas_drops_invalid(box: LabBox) -> None:
+    (ns,) = box.box.state.routers
+    netns.run(ns, ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_loose=0"])
+    plan_router = next(iter(compile_plan(box.topo.model).routers.values()))
+    qr = next(i for i in plan_router.interfaces if any(str(a.ip) == "10.2.0.1"
+                                                       for a in i.addresses))
+    before = _counter(ns, "pw-fw-invalid")
+    with Server(box.vm("db-1"), tcp=[5432]) as srv:
+        netns.run(box.vm("web-1").netns, [sys.executable, "-c", INVALID_ACK,
+                                          box.mac("web-1"), qr.mac])
+        assert _counter(ns, "pw-fw-invalid") >= before + 3  # a lone ACK: INVALID, dropped
+        assert _send(box, "web-1", "10.3.0.21", 5432) == "allow"  # a real one still works
+        assert _sources(srv, 5432) == ["10.2.0.11"]
