@@ -56,6 +56,9 @@ def _owner(topo: Topology, addr: str) -> str | None:
                 return vm.name
             if any(p.network == ipaddress.ip_network(want) for p in port.allowed_address_pairs):
                 return vm.name
+            if any(f.port_id == pid and f.floating_ip_address == str(want)
+                   for f in topo.model.floating_ips.values()):
+                return vm.name
     return None
 
 
@@ -64,9 +67,10 @@ def test_lab_is_runnable(example: Path) -> None:
     assert topo.lab.vms and topo.lab.expect
     for name in topo.lab.vms:
         assert 1 <= len(name) <= 12, name
+    ends = set(topo.lab.vms) | ({"outside"} if topo.lab.outside is not None else set())
     for e in topo.lab.expect:
-        assert e.src in topo.lab.vms
-        target = e.dst if e.dst in topo.lab.vms else _owner(topo, e.dst)
+        assert e.src in ends
+        target = e.dst if e.dst in ends else _owner(topo, e.dst)
         assert target is not None and target != e.src, e.describe()
         assert e.line is not None
     verdicts = {e.verdict for e in topo.lab.expect}

@@ -122,7 +122,8 @@ def test_external_destination_and_forwarding_needs_ingress_rule() -> None:
                                                           ("nat-port", "8.8.8.8")]
     deny = [s for s in res.steps if s.outcome == "deny"]
     assert deny[0].stage == "ingress" and deny[0].resource_name == "nat-port"
-    assert t.trace("nat", "8.8.8.8", "tcp", dport=443).allowed
+    # the NAT VM sends through its subnet's gateway, which no router models: no verdict
+    assert t.trace("nat", "8.8.8.8", "tcp", dport=443).verdict == "unknown"
 
 
 def test_established_state_and_stateless_groups() -> None:

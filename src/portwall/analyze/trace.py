@@ -21,6 +21,9 @@ from portwall.analyze.evaluate import (
     evaluate_hop,
     plan_index,
 )
+from portwall.analyze.l3eval import router_of_port
+from portwall.analyze.l3trace import from_outside, leave, through_router
+from portwall.ir.l3 import RouterInterface, RouterPlan
 from portwall.ir.types import (
     CtState,
     Family,
@@ -85,6 +88,12 @@ class TraceResult:
     hops: list[Hop] = field(default_factory=list)
     hint: str | None = None
     hint_priority: int = 0  # 3: fixes a denial, 2: explains a leak, 1: a caution
+    #: the path left everything modelled before the destination: neither allow nor deny
+    unknown: str | None = None
+    #: the packet as it arrives, after the routers' NAT (None: never translated)
+    translated: Packet | None = None
+    #: every router hop (portwall.analyze.l3eval.RouterResult), in path order
+    routed: list[Any] = field(default_factory=list)
 
     def suggest(self, text: str, priority: int) -> None:
         """Keep the most useful hint: the first one of the highest priority."""
@@ -93,12 +102,21 @@ class TraceResult:
 
     @property
     def verdict(self) -> str:
+        if self.unknown is not None:
+            return "unknown"
         return "allow" if self.allowed else "deny"
+
+    def leaves_model(self, why: str) -> None:
+        """The path leaves what portwall models: no verdict can be claimed for it."""
+        if self.unknown is None:
+            self.unknown = why
 
     def to_json(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict,
             "packet": self.packet.describe(),
+            "translated": self.translated.describe() if self.translated else None,
+            "unknown": self.unknown,
             "steps": [s.to_json() for s in self.steps],
             "hint": self.hint,
             "hops": [{"from": h.sender, "to": h.receiver, "allowed": h.result.allowed}
@@ -185,6 +203,9 @@ class Tracer:
     def _resolve(self, ref: str, family: Family | None) -> tuple[_Sender | None, IPAddress | None,
                                                                    Port | None]:
         """(sender, address, port) for an endpoint given as VM name, port name/id or IP."""
+        outside = self.lab_outside()
+        if ref == "outside" and outside is not None and ref not in self.lab.vms:
+            return None, outside, None
         if ref in self.lab.vms:
             vm = self.lab.vms[ref]
             return _Sender(f"VM {vm.name}", [self.model.ports[p] for p in vm.ports], vm), None, None
@@ -205,6 +226,11 @@ class Tracer:
         if vm is not None:
             return _Sender(f"VM {vm.name}", [self.model.ports[p] for p in vm.ports], vm)
         return _Sender(f"port {port.label()}", [port])
+
+    def lab_outside(self) -> IPAddress | None:
+        """The lab's outside host address (``lab.outside``), if the file has one."""
+        o = self.lab.outside
+        return None if o is None else ipaddress.ip_address(o.address)
 
     def _address_of(self, port: Port, family: Family) -> IPAddress | None:
         return next((a for a in port.addresses() if a.version == family), None)
@@ -296,6 +322,8 @@ class Tracer:
         result = TraceResult(pkt, True, steps)
 
         steps.append(TraceStep("resolve", "packet", "", "", f"{pkt.describe()}"))
+        if src_sender is None and from_outside(self, result, pkt):
+            return self._finish(result)
         if src_sender is None:
             steps.append(TraceStep(
                 "resolve", "address", str(src_addr), "",
@@ -313,10 +341,12 @@ class Tracer:
         self._walk(result, src_sender, dst_addr, pkt)
         return self._finish(result)
 
-    def _walk(self, result: TraceResult, sender: _Sender, dst: IPAddress, pkt: Packet) -> None:
+    def _walk(self, result: TraceResult, sender: _Sender, dst: IPAddress, pkt: Packet,
+              forced: tuple[Port, IPAddress, str] | None = None) -> None:
         steps = result.steps
         for _ in range(MAX_HOPS):
-            out = self._egress(sender, dst)
+            out = forced or self._egress(sender, dst)
+            forced = None
             if out is None:
                 result.allowed = False
                 steps.append(TraceStep(
@@ -339,13 +369,10 @@ class Tracer:
                                            f"no port on {port.label()}'s network owns next hop "
                                            f"{via}", "deny"))
                     return
-                where = f"{dst} is" if via == dst else f"next hop {via} (subnet gateway) is"
                 hop_pkt = _with_mac(pkt, port.mac_address)
                 res = evaluate_hop(self.plan, _ct_for(hop_pkt, pp, None), pp, None)
                 self._record(result, Hop(port.label(), str(dst), res), sender)
-                steps.append(TraceStep("deliver", "address", str(via), "",
-                                       f"{where} not a portwall port: the packet leaves portwall's"
-                                       f" ports here, so only {port.label()}'s egress applies"))
+                self._leave(result, sender, port, via, dst)
                 return
             rp = self._pplan(receiver)
             hop_pkt = _with_mac(pkt, port.mac_address)
@@ -362,6 +389,14 @@ class Tracer:
                                        "path"))
                 return
             if receiver.is_router_port:
+                routed = router_of_port(self.plan, receiver.id)
+                if routed is not None:
+                    nxt = self._through_router(result, routed[0], routed[1], pkt)
+                    if nxt is None:
+                        return
+                    sender, forced, pkt = nxt
+                    dst = pkt.dst
+                    continue
                 rid = self._router_of.get(receiver.id, receiver.device_id)
                 router = self.model.routers.get(rid)
                 name = router.label() if router else rid
@@ -387,6 +422,14 @@ class Tracer:
         result.allowed = False
         steps.append(TraceStep("route", "packet", "", "", f"more than {MAX_HOPS} hops: a routing "
                                "loop?", "deny"))
+
+    def _through_router(self, result: TraceResult, router: RouterPlan, inbound: RouterInterface,
+                        pkt: Packet) -> tuple[_Sender, tuple[Port, IPAddress, str], Packet] | None:
+        return through_router(self, result, router, inbound, pkt)
+
+    def _leave(self, result: TraceResult, sender: _Sender, port: Port, via: IPAddress,
+               dst: IPAddress) -> None:
+        leave(self, result, sender, port, via, dst)
 
     def _hop(self, result: TraceResult, sender: PortPlan | None, receiver: Port, pkt: Packet,
              sender_label: str) -> None:
@@ -539,9 +582,15 @@ class Tracer:
         return f"{addr}/{addr.max_prefixlen}"
 
     def _finish(self, result: TraceResult) -> TraceResult:
-        if result.allowed:
+        if result.allowed and result.unknown is not None:
+            # Nothing denied it, but part of the path was never evaluated: not "allowed".
+            result.allowed = False
+            result.steps.append(TraceStep("verdict", "packet", "", "",
+                                          f"unknown: {result.unknown}", "info"))
+        elif result.allowed:
             result.steps.append(TraceStep("verdict", "packet", "", "", "allowed on every hop", "allow"))
         else:
+            result.unknown = None  # a hop that was evaluated denies it: that is the verdict
             result.steps.append(TraceStep("verdict", "packet", "", "", "denied", "deny"))
         return result
 

@@ -43,7 +43,8 @@ def trace_cmd(file: str, src: str, dst: str, proto: str, sport: int | None, dpor
     Walks the path hop by hop (through VMs that forward and Neutron routers) and, on each
     hop, the sender's anti-spoof check and egress rules and the receiver's ingress rules,
     naming the rule, group, remote-group member and port responsible. Exit status 0 when
-    the packet is allowed, 1 when it is denied.
+    the packet is allowed, 1 when it is denied, 3 when the path leaves what is modelled
+    (e.g. through a gateway no router models) so no verdict can be given.
 
     \b
     Example:
@@ -69,7 +70,7 @@ def trace_cmd(file: str, src: str, dst: str, proto: str, sport: int | None, dpor
         _print_trace(result)
         for line in flows or []:
             click.echo(line)
-    sys.exit(0 if result.allowed else 1)
+    sys.exit({"allow": 0, "deny": 1}.get(result.verdict, 3))
 
 
 def _backend_path(name: str, plan: object, result: object) -> list[str]:
@@ -108,7 +109,7 @@ def _print_trace(result: object) -> None:
 
     assert isinstance(result, TraceResult)
     con = Console(highlight=False, soft_wrap=True)
-    colour = "green" if result.allowed else "red"
+    colour = {"allow": "green", "deny": "red"}.get(result.verdict, "yellow")
     con.print(Text(f"{result.verdict.upper()}: {result.packet.describe()}", style=f"bold {colour}"))
     marks = {"allow": ("✓", "green"), "deny": ("✗", "red"), "info": ("·", "dim")}
     for s in result.steps:

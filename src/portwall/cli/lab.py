@@ -51,7 +51,7 @@ def print_report(report: LabReport, out: Console, chains: int = 12) -> None:
 
 def check_table(results: Sequence[CheckResult], title: str = "") -> Table:
     t = Table(title=title or None, title_justify="left")
-    for col in ("from", "to", "proto/port", "expected", "observed", ""):
+    for col in ("from", "to", "proto/port", "expected", "observed", "", "why"):
         t.add_column(col)
     for r in results:
         e = r.expect
@@ -61,7 +61,7 @@ def check_table(results: Sequence[CheckResult], title: str = "") -> Table:
         what = e.proto + (f"/{e.port}" if e.port is not None else "")
         verdict = "[green]OK[/green]" if r.ok else "[bold red]MISMATCH[/bold red]"
         obs = f"{r.observed} ({r.detail}, {r.seconds:.2f}s)"
-        t.add_row(e.src, to, what, e.verdict, obs, verdict)
+        t.add_row(e.src, to, what, e.verdict, obs, verdict, getattr(r, "why", ""))
     return t
 
 
@@ -247,12 +247,12 @@ def check_cmd(file: str, name: str | None, timeout: float, backend: str) -> None
     try:
         if existing:
             box = Sandbox.open(existing)
-            results = run_checks(box, topo.lab.expect, timeout)
+            results = run_checks(box, topo.lab.expect, timeout, topo)
         else:
             tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}", backend=backend)
             out.print(f"temporary sandbox {tmp.name} on {tmp.state.backend} (removed afterwards)")
             try:
-                results = run_checks(tmp, topo.lab.expect, timeout)
+                results = run_checks(tmp, topo.lab.expect, timeout, topo)
             finally:
                 tmp.down()
     except LabError as e:

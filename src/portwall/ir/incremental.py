@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from portwall.bulk import cached_build
 from portwall.ir import compile as c
+from portwall.ir.l3 import RouterCompiler
 from portwall.ir.types import (
     AddressSet,
     HostPlan,
@@ -156,6 +157,7 @@ class PlanCompiler:
         self._order: list[str] = []  # on-host port ids, sorted
         self._plans: list[PortPlan] = []  # their plans, in that order
         self._new_plans: list[tuple[str, PortPlan]] = []  # added this compile (see _settle)
+        self._routers = RouterCompiler()
 
     def compile(self, model: Model) -> HostPlan:
         """The plan for the model as it is now (see :func:`portwall.ir.compile_plan`)."""
@@ -363,7 +365,7 @@ class PlanCompiler:
         for sid in [s for s in self._sets if s not in address_sets]:
             del self._sets[sid]
         return HostPlan(host=self.host, ports=tuple(self._plans), rulesets=rulesets,
-                        address_sets=address_sets)
+                        address_sets=address_sets, routers=self._routers.compile(model))
 
     def _port_plan(self, entry: _PortEntry, groups: Mapping[str, SecurityGroup],
                    zones: Mapping[str, int]) -> PortPlan:

@@ -22,7 +22,10 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from portwall.ir.l3 import RouterPlan
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Family = Literal[4, 6]
@@ -223,6 +226,8 @@ class HostPlan:
     ports: tuple[PortPlan, ...]
     rulesets: Mapping[str, RuleSet] = field(default_factory=dict)
     address_sets: Mapping[str, AddressSet] = field(default_factory=dict)
+    #: Routers by id (:mod:`portwall.ir.l3`): NAT, routes and FWaaS; empty without routers.
+    routers: Mapping[str, RouterPlan] = field(default_factory=dict)
 
     def port(self, ref: str) -> PortPlan:
         """A port by id, name or device."""

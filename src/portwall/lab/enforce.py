@@ -33,7 +33,19 @@ def apply_policy(host_ns: str, plan: HostPlan, backend: str | None = None) -> Po
     b = backends.get(backend)
     with b.applier(host_ns) as applier:
         report = applier.apply(b.render(plan), plan)
+    report.touched += guard_host_nat(host_ns, plan)
     return PolicyReport(b.name, not report.noop, report.summary(), report)
+
+
+def guard_host_nat(host_ns: str, plan: HostPlan) -> list[str]:
+    """Seed 003: keep foreign host NAT off bridged tenant traffic, whatever the backend
+    (:mod:`portwall.backends.iptables.natguard`); re-checked on every apply."""
+    from portwall.backends.iptables.natguard import ensure_guard
+    from portwall.kernel.runner import Runner
+
+    bridges = {p.bridge for p in plan.ports} | {
+        i.bridge for r in plan.routers.values() for i in r.all_interfaces()}
+    return ensure_guard(Runner(host_ns), bridges)
 
 
 def policy_drift(host_ns: str, plan: HostPlan, backend: str | None = None) -> list[str]:

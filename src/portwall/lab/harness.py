@@ -66,7 +66,8 @@ class LabBox:
                      sport)[0] == "allow"
 
     def check(self, expects: list[Expect] | None = None) -> list[CheckResult]:
-        return run_checks(self.box, self.topo.lab.expect if expects is None else expects)
+        return run_checks(self.box, self.topo.lab.expect if expects is None else expects,
+                          topo=self.topo)
 
     def apply(self, topo: Topology | str | Path | None = None) -> LabReport:
         """Re-apply (a changed) topology; without one, the current topology again."""

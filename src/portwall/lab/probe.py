@@ -7,7 +7,8 @@ in how they report a timeout, while the lab needs one exact contract per probe:
   print ``ready`` once listening, and one line per UDP datagram / TCP connection
   (``udp PORT SRC`` / ``tcp PORT SRC``) so a test can count what actually arrived;
 * ``tcp HOST PORT`` / ``udp HOST PORT``: one request, exit 0 when the echo came back,
-  1 on timeout, 2 when refused (the packets passed but nothing listened);
+  1 on timeout, 2 when refused (the packets passed but nothing listened, or a REJECT),
+  3 when unreachable (no route, no neighbour: nothing was filtered);
 * ``session HOST PORT``: a long-lived TCP connection driven by stdin lines (each line is
   sent; ``ok`` or ``timeout`` is printed), to watch one established connection over time;
 * ``stream HOST PORT --count N --interval S``: a steady numbered UDP stream (``--count 0``:
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import select
 import signal
@@ -30,7 +32,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-OK, TIMEOUT, REFUSED = 0, 1, 2
+OK, TIMEOUT, REFUSED, UNREACHABLE = 0, 1, 2, 3
+#: errors that mean "no route / no neighbour", never "a filter dropped it"
+_UNREACH = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -102,8 +106,8 @@ def tcp_once(host: str, port: int, timeout: float) -> int:
         return OK if s.recv(64) else TIMEOUT
     except ConnectionRefusedError:
         return REFUSED
-    except OSError:
-        return TIMEOUT
+    except OSError as e:
+        return UNREACHABLE if e.errno in _UNREACH else TIMEOUT
     finally:
         s.close()
 
@@ -118,13 +122,17 @@ def udp_once(host: str, port: int, timeout: float, sport: int | None = None,
         s.bind(("", sport))
     s.settimeout(timeout)
     try:
-        s.sendto(b"portwall-probe", (host, port))
+        if broadcast:
+            s.sendto(b"portwall-probe", (host, port))
+        else:  # connected: ICMP errors (unreachable, refused) are reported to us
+            s.connect((host, port))
+            s.send(b"portwall-probe")
         s.recvfrom(64)
         return OK
     except ConnectionRefusedError:
         return REFUSED
-    except OSError:
-        return TIMEOUT
+    except OSError as e:
+        return UNREACHABLE if e.errno in _UNREACH else TIMEOUT
     finally:
         s.close()
 

@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from portwall import backends
 from portwall.ir import compile_plan
+from portwall.ir.types import HostPlan
 from portwall.lab import netns, ovs_host
 from portwall.lab import state as st
 from portwall.lab.enforce import PolicyReport, apply_policy
@@ -126,6 +127,7 @@ class Sandbox:
                 report.changes.append(f"host namespace {state.host_netns}")
                 for vm in want.values():
                     box._add_vm(vm, report)
+                box._sync_l3(topo, plan, report)
                 if apply:
                     report.policy = apply_policy(state.host_netns, plan, state.backend)
             except BaseException:
@@ -138,6 +140,15 @@ class Sandbox:
     def ovs(self) -> bool:
         """The backend needs an Open vSwitch integration bridge, not Linux bridges."""
         return backends.get(self.state.backend).bridge == "ovs"
+
+    def _sync_l3(self, topo: Topology, plan: HostPlan, report: LabReport) -> None:
+        """Routers and the outside (portwall.lab.routers / .outside)."""
+        from portwall.lab.outside import sync_outside
+        from portwall.lab.routers import sync_routers
+
+        sync_outside(self, topo.lab.outside, report)
+        if plan.routers or self.state.routers:
+            sync_routers(self, topo, plan, report)
 
     def _create_host(self) -> None:
         netns.create(self.host_ns)
@@ -291,6 +302,7 @@ class Sandbox:
             self.state.topology = _source(topo)
             st.save(self.state)
             report.policy = apply_policy(self.host_ns, plan, self.state.backend)
+            self._sync_l3(topo, plan, report)
             for vm_state, port, addr in garp:
                 self._announce(vm_state, port, addr)
             return report
@@ -362,6 +374,9 @@ class Sandbox:
 
     def _teardown(self) -> list[str]:
         _only_in(self.pid)
+        from portwall.lab.routers import teardown as l3_teardown
+
+        l3_teardown(self.state)
         removed = []
         with contextlib.suppress(Exception):  # the namespace's deletion kills them anyway
             ovs_host.stop(self.host_ns)

@@ -67,6 +67,11 @@ class SandboxState(BaseModel):
     namespaces: list[str] = Field(default_factory=list)
     bridges: list[str] = Field(default_factory=list)
     vms: dict[str, VMState] = Field(default_factory=dict)
+    routers: dict[str, str] = Field(default_factory=dict)  # router namespace -> router id
+    pids: dict[str, int] = Field(default_factory=dict)  # namespace -> helper (metadata) pid
+    outside: str | None = None  # the outside namespace (lab.outside)
+    outside_address: str | None = None
+    floating: dict[str, str] = Field(default_factory=dict)  # floating IP -> VM behind it
 
     def vm(self, name: str) -> VMState:
         try:

@@ -31,16 +31,25 @@ def probe(vm: VMState, proto: str, target: str, port: int | None = None,
     """One request from ``vm``: (``allow`` | ``deny``, detail)."""
     if proto == "icmp":
         fam = "-6" if ipaddress.ip_address(target).version == 6 else "-4"
-        argv = ["ping", fam, "-n", "-q", "-c", "1", "-W", str(timeout), target]
+        argv = ["ping", fam, "-n", "-c", "1", "-W", str(timeout), target]
     else:
         argv = [*PROBE, proto, target, str(port), "--timeout", str(timeout)]
         if sport is not None:
             argv += ["--sport", str(sport)]
-    rc = netns.run(vm.netns, argv, check=False, timeout=timeout + 10).returncode
+    proc = netns.run(vm.netns, argv, check=False, timeout=timeout + 10)
+    rc = proc.returncode
     if rc == 0:
         return "allow", "reply" if proto == "icmp" else "echo"
     if rc == 2 and proto != "icmp":
         return "allow", "refused"  # the packets went through; nothing was listening
+    if proto == "icmp":
+        said = proc.stdout + proc.stderr
+        if "Port Unreachable" in said:
+            return "deny", "rejected"
+        if "nreachable" in said or rc == 2:  # ping's own error: no route, no neighbour
+            return "deny", "unreachable"
+    if rc == 3:
+        return "deny", "unreachable"
     return "deny", "timeout"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from portwall.model.errors import PortwallError
 from portwall.model.resources import Port
 from portwall.model.store import Model
-from portwall.topology.spec import VM, Expect, LabSpec, Route, TopologyError
+from portwall.topology.spec import VM, Expect, LabSpec, Outside, Route, TopologyError
 
 #: Makes a TopologyError at a location: ``fail(location, message, cause=None)``.
 Fail = Callable[..., TopologyError]
@@ -36,9 +36,11 @@ def parse_lab(raw: Any, model: Model, fail: Fail, line_of: Callable[[str], int |
     if not isinstance(raw, dict):
         raise fail("lab", "'lab' must be a mapping with 'vms' and 'expect'")
     for k in raw:
-        if k not in ("vms", "expect"):
-            raise fail(f"lab.{k}", f"unknown lab field '{k}' (expected vms, expect)")
+        if k not in ("vms", "expect", "outside"):
+            raise fail(f"lab.{k}", f"unknown lab field '{k}' (expected vms, expect, outside)")
     lab = LabSpec()
+    if raw.get("outside") is not None:
+        lab.outside = _outside(raw["outside"], model, fail)
     vms = raw.get("vms") or {}
     if not isinstance(vms, dict):
         raise fail("lab.vms", "'vms' must map VM names to their settings")
@@ -50,6 +52,12 @@ def parse_lab(raw: Any, model: Model, fail: Fail, line_of: Callable[[str], int |
     if not isinstance(expects, list):
         raise fail("lab.expect", "'expect' must be a list of {from, to, proto, port, verdict}")
     addrs = _addresses(lab, model)
+    for f in model.floating_ips.values():  # floating IPs answer for their VMs
+        owners = [v.name for v in lab.vms.values() if f.port_id in v.ports]
+        if f.floating_ip_address and owners:
+            addrs.setdefault(ipaddress.ip_address(f.floating_ip_address), owners[0])
+    if lab.outside is not None:
+        addrs.setdefault(ipaddress.ip_address(lab.outside.address), "outside")
     for j, e in enumerate(expects):
         lab.expect.append(_expect(f"lab.expect[{j}]", e, lab, model, addrs, fail, line_of))
     return lab
@@ -160,6 +168,8 @@ def _expect(loc: str, e: Any, lab: LabSpec, model: Model, addrs: dict[IPAddress,
                    f"{', '.join(EXPECT_FIELDS)})")
     vms = ", ".join(lab.vms) or "none"
     src, dst = str(e.get("from", "")), str(e.get("to", ""))
+    if lab.outside is not None and "outside" not in lab.vms and "outside" in (src, dst):
+        return _outside_expect(loc, e, src, dst, lab, addrs, fail, line_of)
     if src not in lab.vms:
         raise fail(f"{loc}.from", f"'{src}' is not a VM of lab.vms ({vms})")
     if dst == src:
@@ -191,6 +201,56 @@ def _expect(loc: str, e: Any, lab: LabSpec, model: Model, addrs: dict[IPAddress,
     if proto != "icmp" and (not isinstance(port, int) or isinstance(port, bool)
                             or not 1 <= port <= 65535):
         raise fail(f"{loc}.port", f"{proto} needs a port 1-65535")
+    verdict = str(e.get("verdict", "")).lower()
+    if verdict not in ("allow", "deny"):
+        raise fail(f"{loc}.verdict", f"verdict must be allow or deny, not '{verdict}'")
+    return Expect(src, dst, proto, port, verdict, line_of(loc))
+
+
+def _outside(raw: Any, model: Model, fail: Fail) -> Outside:
+    """``outside: {network: EXTERNAL-NET, address: IP}``: the world beyond a router."""
+    loc = "lab.outside"
+    if not isinstance(raw, dict) or set(raw) - {"network", "address"} or "network" not in raw:
+        raise fail(loc, "outside is {network: an external network, address: an IP outside"
+                   " every subnet}")
+    try:
+        net = model.get("network", str(raw["network"]), field="network")
+    except PortwallError as e:
+        raise fail(f"{loc}.network", e.message, cause=e) from None
+    if not net.router_external:
+        raise fail(f"{loc}.network", f"network {net.label()} is not external (router:external)")
+    subs = [s for s in model.subnets_of(net.id) if s.ip_version == 4 and s.gateway_ip]
+    if not subs:
+        raise fail(f"{loc}.network", f"network {net.label()} has no IPv4 subnet with a"
+                   " gateway_ip (the outside host answers for it)")
+    try:
+        addr = ipaddress.ip_address(str(raw.get("address", "198.51.100.10")))
+    except ValueError:
+        raise fail(f"{loc}.address", f"'{raw.get('address')}' is not an IP address") from None
+    if addr.version != 4 or any(addr in s.network for s in model.subnets.values()):
+        raise fail(f"{loc}.address", f"{addr} must be an IPv4 address outside every subnet")
+    return Outside(net.id, str(addr), str(subs[0].gateway_ip), subs[0].network.prefixlen)
+
+
+def _outside_expect(loc: str, e: dict[str, Any], src: str, dst: str, lab: LabSpec,
+                    addrs: dict[IPAddress, str], fail: Fail,
+                    line_of: Callable[[str], int | None]) -> Expect:
+    """An expectation from or to the outside: VMs by name or floating IP, IPv4 only."""
+    other = dst if src == "outside" else src
+    if other == "outside":
+        raise fail(f"{loc}.to", "the outside's traffic to itself tests nothing")
+    if other not in lab.vms:
+        try:
+            target = ipaddress.ip_address(other)
+        except ValueError:
+            raise fail(loc, f"'{other}' is neither a VM nor an IP address") from None
+        if src != "outside" or target not in addrs:
+            raise fail(f"{loc}.to", f"{other}: the outside reaches VMs by name or by a"
+                       " floating IP the lab carries")
+    proto = str(e.get("proto", "icmp")).lower()
+    port = e.get("port")
+    if proto not in ("icmp", "tcp", "udp") or (proto == "icmp") != (port is None):
+        raise fail(f"{loc}.proto", "proto icmp (no port) or tcp/udp with a port")
     verdict = str(e.get("verdict", "")).lower()
     if verdict not in ("allow", "deny"):
         raise fail(f"{loc}.verdict", f"verdict must be allow or deny, not '{verdict}'")

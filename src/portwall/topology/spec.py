@@ -67,9 +67,23 @@ class Expect:
 
 
 @dataclass
+class Outside:
+    """``lab.outside``: a host standing for the world beyond an external network.
+
+    ``address`` lies outside every subnet; the host also answers ``gateway`` (the external
+    subnet's gateway IP, the routers' default next hop) on ``network_id``."""
+
+    network_id: str
+    address: str
+    gateway: str
+    prefixlen: int
+
+
+@dataclass
 class LabSpec:
     vms: dict[str, VM] = field(default_factory=dict)
     expect: list[Expect] = field(default_factory=list)
+    outside: Outside | None = None
 
 
 @dataclass
