@@ -12,10 +12,10 @@ import sys
 from collections.abc import Callable
 
 import pytest
+from tests.conftest import requires_netns
 
 from portwall.lab.state import VMState
 from portwall.lab.traffic import Server
-from tests.conftest import requires_netns
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires_netns]
 

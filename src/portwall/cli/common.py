@@ -7,6 +7,8 @@ import json
 import shutil
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import click
@@ -24,11 +26,11 @@ def width() -> int:
     return max(40, min(MAX_WIDTH, shutil.get_terminal_size((MAX_WIDTH, 24)).columns))
 
 
-def wrap(text: str, indent: str = "", first: str | None = None) -> str:
-    """``text`` broken at spaces into lines of :func:`width`; continuation lines get
-    ``indent``, the first ``first`` (default: ``indent``). Words are never split (ids and
-    addresses stay whole)."""
-    return textwrap.fill(text, width(), initial_indent=indent if first is None else first,
+def wrap(text: str, indent: str = "", first: str = "") -> str:
+    """``text`` broken at spaces into lines of :func:`width`: the first line starts with
+    ``first``, the others with ``indent`` (a hanging indent). Words are never split (ids
+    and addresses stay whole)."""
+    return textwrap.fill(text, width(), initial_indent=first,
                          subsequent_indent=indent, break_long_words=False,
                          break_on_hyphens=False)
 
@@ -41,6 +43,21 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 def short(rid: str) -> str:
     """The first 8 characters of an id: enough to tell resources apart on one screen."""
     return rid[:8]
+
+
+@contextmanager
+def progress(description: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner with elapsed time on stderr while long work runs (only on a terminal)."""
+    if not enabled or not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        bar.add_task(description, total=None)
+        yield
 
 
 def echo_json(doc: Any) -> None:
@@ -56,7 +73,7 @@ def error_lines(err: TopologyError) -> str:
     """``file:line: field (subject)`` then the reason, indented and wrapped."""
     where = f"{err.path}:{err.line}" if err.line else err.path
     about = f" ({err.subject})" if err.subject else ""
-    return wrap(f"{where}: {err.location}{about}", "    ", "") + "\n" + wrap(err.message, "    ")
+    return wrap(f"{where}: {err.location}{about}", "    ") + "\n" + wrap(err.message, "    ", "    ")
 
 
 def error_json(err: TopologyError) -> dict[str, Any]:

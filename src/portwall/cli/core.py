@@ -30,7 +30,7 @@ def summary(topo: Topology) -> dict[str, Any]:
             "default_group": bool(implicit_default),
             "default_group_used_by": sum(
                 1 for p in m.ports.values() for g in implicit_default
-                if g.id in p.security_groups),
+                if g.id in (p.security_groups or ())),
             "rules": len(rules) - len(written)},
         "lab": {"vms": len(topo.lab.vms), "expectations": len(topo.lab.expect)},
     }

@@ -76,11 +76,12 @@ def parse_lab(raw: Any, model: Model, fail: Fail, line_of: Callable[[str], int |
         note(fail("lab.expect", "'expect' must be a list of {from, to, proto, port, verdict}"))
         expects = []
     addrs = _addresses(lab, model)
-    for j, e in enumerate(expects):
-        if isinstance(e, dict) and {str(e.get("from")), str(e.get("to"))} & skipped:
+    for j, raw_e in enumerate(expects):
+        if isinstance(raw_e, dict) and {str(raw_e.get("from")), str(raw_e.get("to"))} & skipped:
             continue
         try:
-            lab.expect.append(_expect(f"lab.expect[{j}]", e, lab, model, addrs, fail, line_of))
+            lab.expect.append(_expect(f"lab.expect[{j}]", raw_e, lab, model, addrs, fail,
+                                      line_of))
         except TopologyError as err:
             note(err)
     return lab

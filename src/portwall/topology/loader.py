@@ -233,14 +233,14 @@ class _Builder:
     def _names_for_ids(self, message: str) -> str:
         """``network 3f2a...`` -> ``network 'tenant'``: people wrote names, not ids."""
         m = self.model
-        tables = {"network": m.networks, "subnet": m.subnets, "port": m.ports,
+        tables: dict[str, Mapping[str, Any]] = {"network": m.networks, "subnet": m.subnets, "port": m.ports,
                   "security group": m.security_groups, "router": m.routers}
 
         def name_of(match: re.Match[str]) -> str:
             rid = match.group(0)
             for kind, table in tables.items():
                 res = table.get(rid)
-                if res is not None and getattr(res, "name", ""):
+                if res is not None and res.name:
                     before = message[:match.start()].rstrip().lower()
                     return f"'{res.name}'" if before.endswith(kind) else f"{kind} '{res.name}'"
             return rid
