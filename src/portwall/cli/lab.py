@@ -69,17 +69,22 @@ def check_json(results: Sequence[CheckResult]) -> list[dict[str, Any]]:
             for r in results]
 
 
-def check_table(results: Sequence[CheckResult], title: str = "") -> Table:
+def check_table(results: Sequence[CheckResult], title: str = "",
+                leaks: set[int] | frozenset[int] = frozenset()) -> Table:
+    """One row per expectation; rows in ``leaks`` (indexes) are marked LEAK even though
+    they behave as the file expects: allowed, but only through a wide address pair."""
     t = Table(title=title or None, title_justify="left")
     for col in ("from", "to", "proto/port", "expected", "observed", ""):
         t.add_column(col)
-    for r in results:
+    for i, r in enumerate(results):
         e = r.expect
         to = e.dst if e.dst == r.target else f"{e.dst} ({r.target})"
         if r.target_vm and r.target_vm != e.dst:
             to += f" @{r.target_vm}"
         what = e.proto + (f"/{e.port}" if e.port is not None else "")
         verdict = "[green]OK[/green]" if r.ok else "[bold red]MISMATCH[/bold red]"
+        if i in leaks:
+            verdict += " [bold red]LEAK[/bold red]"
         obs = f"{r.observed} ({r.detail}, {r.seconds:.2f}s)"
         t.add_row(e.src, to, what, e.verdict, obs, verdict)
     return t
