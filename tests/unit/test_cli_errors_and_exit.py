@@ -149,7 +149,7 @@ def test_audit_plurals(tmp_path: Path) -> None:
     code, out = _audit(tmp_path, MEDIUM)
     assert "\n1 finding (1 medium)" in out and "1 findings" not in out
     code, out = _audit(tmp_path, CLEAN)
-    assert code == 0 and "no findings" in out and "0 findings" in out
+    assert code == 0 and out.startswith("0 findings")
 
 
 def test_no_finding_about_the_implicit_default_group(tmp_path: Path) -> None:

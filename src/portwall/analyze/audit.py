@@ -416,11 +416,16 @@ def check_zone_overlaps(ctx: _Ctx) -> list[Finding]:
                         "PW007", "high",
                         f"subnets {a.label()} and {b.label()} overlap in conntrack zone {zone}",
                         [ResourceRef("subnet", a.id, a.name), ResourceRef("subnet", b.id, b.name)],
-                        f"{a.cidr} (network {a.network_id}) and {b.cidr} (network "
-                        f"{b.network_id}) overlap and share conntrack zone {zone}: connections of"
-                        " one network can match entries of the other.",
+                        f"{a.cidr} (network {_net(model, a.network_id)}) and {b.cidr} (network "
+                        f"{_net(model, b.network_id)}) overlap and share conntrack zone {zone}:"
+                        " connections of one network can match entries of the other.",
                         "give the networks distinct conntrack zones, or renumber one subnet"))
     return out
+
+
+def _net(model: Model, network_id: str) -> str:
+    net = model.networks.get(network_id)
+    return (net.name if net is not None else "") or short_id(network_id)
 
 
 # ------------------------------------------------------------------ PW008
@@ -446,7 +451,8 @@ def check_host_overlaps(ctx: _Ctx, host: HostRules) -> list[Finding]:
                 "PW008", sev,
                 f"tenant subnet {s.label()} ({net}) overlaps host NAT rule {r.target} "
                 f"{hit[1]}",
-                [ResourceRef("subnet", s.id, s.name), ResourceRef("network", s.network_id, "")],
+                [ResourceRef("subnet", s.id, s.name),
+                 ResourceRef("network", s.network_id, _net(ctx.model, s.network_id))],
                 f"the host ({host.source or 'rules'}) has `{r.text}` in table {r.table}; its "
                 f"{hit[0]} {hit[1]} overlaps tenant subnet {net}. With bridge-nf-call-iptables"
                 f"=1 bridged VM traffic traverses nat {r.chain} and "

@@ -159,8 +159,6 @@ def _print_audit(findings: list[Finding], mat: list[MatrixRow] | None, fail_on: 
     con = Console(highlight=False, soft_wrap=True)
     styles = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan",
               "info": "dim"}
-    if not findings:
-        con.print(Text("no findings", style="green"))
     for f in findings:
         con.print(Text(wrap(f"{f.code} {f.severity.upper():<8} {f.title}", " " * 15),
                        style=styles[f.severity]))

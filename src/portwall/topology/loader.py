@@ -46,7 +46,7 @@ from portwall.model.resources import (
     Subnet,
 )
 from portwall.model.store import Model, stable_ids
-from portwall.topology.lab import parse_lab
+from portwall.topology.lab import EXPECT_FIELDS, LAB_FIELDS, ROUTE_FIELDS, VM_FIELDS, parse_lab
 from portwall.topology.locate import SAFE_LOADER, SourceMap
 from portwall.topology.spec import (
     VM,
@@ -68,6 +68,7 @@ __all__ = [
     "Topology",
     "TopologyError",
     "TopologyErrors",
+    "accepted_fields",
     "check",
     "load_topology",
     "loads_topology",
@@ -425,6 +426,51 @@ def _fields_of(resource: str) -> list[str]:
     if cls is None:
         return []
     return [f.alias or name for name, f in cls.model_fields.items() if name != "id"]
+
+
+#: Section -> model resource, for :func:`accepted_fields`.
+_SECTION_RESOURCE = {
+    "networks": "network", "subnets": "subnet", "security_groups": "security_group",
+    "ports": "port", "routers": "router", "floating_ips": "floatingip",
+    "firewall_rules": "firewall_rule", "firewall_policies": "firewall_policy",
+    "firewall_groups": "firewall_group",
+}
+#: Fields the loader itself adds to a section (portwall extensions, not Neutron's).
+_EXTENSIONS = {
+    "networks": ["subnets"], "security_groups": ["default_egress_rules"],
+    "routers": ["interfaces"],
+}
+
+
+def accepted_fields() -> dict[str, list[str]]:
+    """Every key a topology file may use, by section: ``{"ports": ["name", ...,
+    "fixed_ips[].ip_address", ...], "lab.vms.<vm>": [...], ...}``. Introspected from the
+    model's classes and the loader's own lists, so the documentation test sees a new field
+    the moment the loader accepts it."""
+    from pydantic import BaseModel
+
+    def walk(cls: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, f in cls.model_fields.items():
+            key = f.alias or name
+            out.append(prefix + key)
+            inner = f.annotation
+            for arg in (*getattr(inner, "__args__", ()), inner):
+                for sub in (arg, *getattr(arg, "__args__", ())):
+                    if isinstance(sub, type) and issubclass(sub, BaseModel):
+                        many = "[]" if "list" in str(inner) else ""
+                        out += walk(sub, f"{prefix}{key}{many}.")
+        return list(dict.fromkeys(out))
+
+    fields: dict[str, list[str]] = {"top": list(SECTIONS)}
+    for section, resource in _SECTION_RESOURCE.items():
+        keys = ["id", "tenant_id", *walk(_RESOURCE_CLASSES[resource])]
+        keys += _EXTENSIONS.get(section, [])
+        fields[section] = list(dict.fromkeys(keys))
+    fields["lab"] = list(LAB_FIELDS)
+    fields["lab.vms.<vm>"] = list(VM_FIELDS) + [f"routes[].{k}" for k in ROUTE_FIELDS]
+    fields["lab.expect[]"] = list(EXPECT_FIELDS)
+    return fields
 
 
 def _restates_default(e: PortwallError, sg: SecurityGroup, body: Mapping[str, Any],
