@@ -10,18 +10,21 @@ plan the kernel enforces. Sandboxes are always removed, also on failure or Ctrl-
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.text import Text
 
 from portwall.cli.common import fail, wrap
-from portwall.cli.lab import check_table, console, require_root
+from portwall.cli.lab import check_json, check_table, console, require_root
 from portwall.ir import compile_plan
 from portwall.lab import state as st
 from portwall.lab.check import CheckResult, run_checks
@@ -97,6 +100,10 @@ def _fixed_seed000(examples: Path, broken: Topology) -> Topology:
     return topo
 
 
+#: What the demo measured, for ``--json``: part -> phase -> results.
+RECORD: dict[str, dict[str, Any]] = {}
+
+
 def _part1(out: Console, examples: Path) -> bool:
     out.rule("[bold]Seed 000[/bold]: a VM that routes between two tenant subnets")
     topo = load_topology(examples / "seed000-router-vm.yaml")
@@ -115,6 +122,8 @@ def _part1(out: Console, examples: Path) -> bool:
         r2 = _table(out, box, fixed.lab.expect, "after: real packets")
         _explain(out, fixed, "serverX", "serverY", "icmp")
     blocked = any(r.expect.dst == "serverY" and r.observed == "deny" for r in r1)
+    RECORD["seed000"] = {"before": check_json(r1), "after": check_json(r2),
+                         "blocked_before_fix": blocked}
     return blocked and all(r.ok for r in r1 + r2)
 
 
@@ -181,6 +190,9 @@ def _part2(out: Console, examples: Path) -> bool:
         _explain(out, fixed, "outside", "proxy-a", "tcp", 80, hint=False)
     out.print("\nKeep servers with 0.0.0.0/0 pairs out of groups used as remote groups\n"
               "(`portwall audit` flags it: PW001).")
+    RECORD["seed001"] = {
+        "before": [{**row, "leak": i in leaks} for i, row in enumerate(check_json(results))],
+        "after": check_json(after), "leaks_before": len(was), "leaks_closed": len(closed)}
     return (all(r.ok for r in results + after) and bool(leaks) and not still
             and len(closed) == len(was))
 
@@ -201,11 +213,13 @@ def _interrupt(signum: int, frame: object) -> None:
 @click.command("demo")
 @click.option("--examples", default=None, metavar="DIR",
               help="Directory holding seed000-router-vm.yaml (default: ./examples).")
-def demo_cmd(examples: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the measured results as JSON instead of tables.")
+def demo_cmd(examples: str | None, as_json: bool) -> None:
     """Show the seed scenarios enforced with real packets (needs root; never touches the
     machine's own network namespace). Exit 1 if any packet did not behave as shown."""
     require_root()
-    out = console()
+    out = Console(file=io.StringIO()) if as_json else console()
     ex = _examples_dir(examples)
     signal.signal(signal.SIGTERM, _interrupt)  # a killed demo still removes its sandboxes
     try:
@@ -216,6 +230,9 @@ def demo_cmd(examples: str | None) -> None:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted (sandboxes removed)", 130)
+    if as_json:
+        click.echo(json.dumps({**RECORD, "ok": ok1 and ok2}, indent=2))
+        sys.exit(0 if ok1 and ok2 else 1)
     out.rule()
     if ok1 and ok2:
         out.print("[bold green]demo: every packet behaved as shown[/bold green]")
