@@ -80,9 +80,10 @@ def _print_trace(result: object) -> None:
                    style=f"bold {colour}"))
     marks = {"allow": ("✓", "green"), "deny": ("✗", "red"), "info": ("·", "dim")}
     pad = " " * 15
+    header = result.packet.describe()
     for s in result.steps:
-        if s.stage == "verdict":
-            continue
+        if s.stage == "verdict" or (s.stage == "resolve" and s.detail == header):
+            continue  # the verdict line above already says both
         mark, style = marks[s.outcome]
         body = wrap(s.detail, pad, pad)[len(pad):]
         line = Text(f"  {mark} ", style=style)
