@@ -24,7 +24,7 @@ missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
     n=$(echo $missing | wc -w)
-    say "installing $n Debian packages:$missing"
+    say "installing Debian packages ($n):$missing"
     export DEBIAN_FRONTEND=noninteractive
     say "[1/2] apt-get update"
     "${AS_ROOT[@]}" apt-get update
