@@ -98,7 +98,7 @@ HEADER = """\
 """
 
 
-_CHAIN = re.compile(r"^:(pw-[a-zA-Z]*?)([0-9a-f]{8})[-0-9a-f]*|^create (pw[46]-)([0-9a-f]{8})\S*",
+_CHAIN = re.compile(r"^:(pw-g[ie]|pw-[sio])([0-9a-f]{8})[-0-9a-f]*|^create (pw[46]-)([0-9a-f]{8})\S*",
                     re.M)
 _ROLE = {"pw-s": "anti-spoof entries of port", "pw-i": "to-VM (ingress) rules of port",
          "pw-o": "from-VM (egress) rules of port", "pw-gi": "ingress rules of security group",
@@ -106,29 +106,31 @@ _ROLE = {"pw-s": "anti-spoof entries of port", "pw-i": "to-VM (ingress) rules of
          "pw6-": "IPv6 members of remote group"}
 
 
-def legend(topo: Topology, sections: list[tuple[str, str]]) -> list[str]:
-    """``# pw-i1338dfe9-fa  to-VM (ingress) rules of port serverX-port``: the kernel names
-    carry ids (length limits); this says whose they are."""
+def owners(topo: Topology, texts: list[str]) -> dict[str, str]:
+    """Kernel object name -> whose it is (``to-VM (ingress) rules of port web-1``), for the
+    chain and set names found in ``texts``: the names carry ids (length limits)."""
     m = topo.model
     names: dict[str, str] = {}
     for table in (m.ports, m.security_groups):
         for rid, res in table.items():
             names.setdefault(rid[:8], res.name or rid[:8])
-    out: list[str] = []
-    seen: set[str] = set()
-    for _, text in sections:
+    out: dict[str, str] = {}
+    for text in texts:
         for match in _CHAIN.finditer(text):
             prefix, short_id = (match.group(1), match.group(2)) if match.group(1) else (
                 match.group(3), match.group(4))
             full = match.group(0).split()[1] if match.group(3) else match.group(0)[1:]
             role = _ROLE.get(prefix)
-            if role is None or full in seen or short_id not in names:
-                continue
-            seen.add(full)
-            out.append(f"#   {full:<28} {role} {names[short_id]}")
-    if out:
-        out.insert(0, "# Whose chains and sets these are:")
+            if role is not None and short_id in names:
+                out.setdefault(full, f"{role} {names[short_id]}")
     return out
+
+
+def legend(topo: Topology, sections: list[tuple[str, str]]) -> list[str]:
+    """``#   pw-i1338dfe9-fa  to-VM (ingress) rules of port serverX-port`` lines."""
+    found = owners(topo, [text for _, text in sections])
+    out = [f"#   {full:<28} {what}" for full, what in found.items()]
+    return ["# Whose chains and sets these are:", *out] if out else []
 
 
 @click.command("render")

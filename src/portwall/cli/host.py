@@ -57,9 +57,14 @@ def apply_cmd(file: str, netns: str, backend: str, host: str | None, as_json: bo
                    "changes": report.changes, "conntrack_deleted": report.conntrack_deleted,
                    "touched": report.touched, "warnings": report.warnings})
         return
+    from portwall.cli.core import owners
+
+    whose = owners(topo, [text for _, text in be.render(plan).sections()])
     click.echo(wrap(f"{netns}: {report.summary()}", "  "))
     for line in report.touched[:20]:
-        click.echo(wrap(line, "      ", "    "))
+        name = line.rsplit(" ", 1)[-1]
+        extra = f"  ({whose[name]})" if name in whose else ""
+        click.echo(wrap(line + extra, "      ", "    "))
     if len(report.touched) > 20:
         click.echo(f"    ... and {len(report.touched) - 20} more")
     for w in report.warnings:
