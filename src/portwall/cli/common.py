@@ -47,7 +47,8 @@ def short(rid: str) -> str:
 
 @contextmanager
 def progress(description: str, enabled: bool = True) -> Iterator[None]:
-    """A spinner with elapsed time on stderr while long work runs (only on a terminal)."""
+    """A spinner with elapsed time on stderr while long work runs (only on a terminal;
+    stdout is left alone, so tables and JSON stay clean)."""
     if not enabled or not sys.stderr.isatty():
         yield
         return
@@ -55,7 +56,8 @@ def progress(description: str, enabled: bool = True) -> Iterator[None]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=Console(stderr=True), transient=True, redirect_stdout=False,
+                  redirect_stderr=False) as bar:
         bar.add_task(description, total=None)
         yield
 
