@@ -5,17 +5,18 @@ anything of portwall's. (The applier behind it is the lab's, proven with real pa
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tests.conftest import requires_netns
 
 from portwall.cli import main
 from portwall.lab import netns
 
-pytestmark = [pytest.mark.e2e, requires_netns]
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+pytestmark = [pytest.mark.e2e, NEEDS_ROOT]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 

@@ -4,20 +4,21 @@ users' sandboxes), and every lab command speaks JSON."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import requires_netns
 
 from portwall.lab import netns
 from portwall.lab import state as st
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PORTWALL = [sys.executable, "-c", "from portwall.cli import main; main()"]
-pytestmark = [pytest.mark.e2e, requires_netns]
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+pytestmark = [pytest.mark.e2e, NEEDS_ROOT]
 
 
 def pw(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,17 +7,18 @@ client in the same namespace sends more than 100,000 datagrams and waits for eve
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 
 import pytest
-from tests.conftest import requires_netns
 
 from portwall.lab.state import VMState
 from portwall.lab.traffic import Server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires_netns]
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, NEEDS_ROOT]
 
 #: Sends COUNT datagrams in windows of WINDOW and waits for every echo; prints the echoes.
 CLIENT = r"""
