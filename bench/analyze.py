@@ -37,6 +37,7 @@ from typing import Any
 from portwall.analyze.audit import audit, reachability_matrix
 from portwall.analyze.evaluate import Packet, evaluate_hop
 from portwall.analyze.trace import Tracer
+from portwall.cli.common import progress
 from portwall.ir import compile_plan
 from portwall.ir.types import HostPlan
 from portwall.model.store import Model, stable_ids
@@ -143,8 +144,9 @@ def timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
 
 
 def bench(n: int, traces: int, seed: int, matrix_max: int) -> dict[str, float]:
-    model, t_build = timed(build, n, seed)
-    plan, t_compile = timed(compile_plan, model)
+    with progress(f"{n} ports: building the model and compiling (not timed)"):
+        model, t_build = timed(build, n, seed)
+        plan, t_compile = timed(compile_plan, model)
     assert isinstance(plan, HostPlan)
     rules = sum(len(g.security_group_rules) for g in model.security_groups.values())
     print(f"\n== {n} ports: {rules} security-group rules, {plan.rule_count()} IR rules, "

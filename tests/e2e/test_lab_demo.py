@@ -37,6 +37,11 @@ def test_demo_runs_and_cleans_up() -> None:
     # seed 001: the leak, explained by the 0.0.0.0/0 member of remote group ssh
     assert re.search(r"outside\s+│ proxy-a.*tcp/80\s+│ allow\s+│ allow", out)
     assert "0.0.0.0/0" in out
+    assert re.search(r"outside\s+│ proxy-a.*tcp/80\s+│ allow\s+│ allow.*OK LEAK", out)
+    # ... then the fix is applied to the same sandbox and the kernel closes every LEAK path
+    assert re.search(r"outside\s+│ proxy-a.*tcp/80\s+│ deny\s+│ deny", out)
+    m = re.search(r"leak closed: (\d+) of (\d+) LEAK paths", out)
+    assert m and m.group(1) == m.group(2) and int(m.group(1)) >= 3, out
     boxes = _sandboxes(out)
     assert len(boxes) == 2
     for name, host in boxes:

@@ -334,7 +334,7 @@ def test_cli_fail_on_and_json(tmp_path: Path) -> None:
     f = tmp_path / "t.yaml"
     f.write_text(topo(_ssh_rules("0.0.0.0/0"), ONE_PORT))
     runner = CliRunner()
-    r = runner.invoke(main, ["audit", str(f), "--json"])
+    r = runner.invoke(main, ["audit", str(f), "--json", "--fail-on", "none"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert any(x["code"] == "PW002" for x in doc["findings"])
@@ -343,7 +343,8 @@ def test_cli_fail_on_and_json(tmp_path: Path) -> None:
     assert runner.invoke(main, ["audit", str(f), "--fail-on", "critical"]).exit_code == 0
     dump = tmp_path / "save.txt"
     dump.write_text(DOCKER_SAVE)
-    r = runner.invoke(main, ["audit", str(f), "--host-rules", str(dump), "--matrix"])
+    r = runner.invoke(main, ["audit", str(f), "--host-rules", str(dump), "--matrix",
+                               "--fail-on", "none"])
     assert r.exit_code == 0 and "reachability" in r.output
     r = runner.invoke(main, ["audit", str(f), "--host-netns", "pw-no-such-ns-xyz"])
     assert r.exit_code == 2

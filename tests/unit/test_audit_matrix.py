@@ -191,7 +191,7 @@ ports:
 def test_cli_matrix_json_names_every_port(tmp_path: Path) -> None:
     f = tmp_path / "t.json"
     f.write_text(random_topology(3, n_ports=30))
-    r = CliRunner().invoke(main, ["audit", str(f), "--matrix", "--json"])
+    r = CliRunner().invoke(main, ["audit", str(f), "--matrix", "--json", "--fail-on", "none"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)["matrix"]
     t = loads_topology(f.read_text())

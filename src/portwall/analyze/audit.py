@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from portwall.analyze.describe import match_label, set_label
+from portwall.analyze.describe import match_label, set_label, short_id
 from portwall.analyze.hostrules import HostRules
 from portwall.analyze.matrix import MatrixRow, reachability_matrix
 from portwall.analyze.reach import (
@@ -89,7 +89,10 @@ class ResourceRef:
     name: str = ""
 
     def label(self) -> str:
-        return f"{self.type} {self.name or self.id}"
+        """Names first; a short id only for what has no name (rules, mostly)."""
+        kind = {"security_group_rule": "rule", "security_group": "group"}.get(
+            self.type, self.type.replace("_", " "))
+        return f"{kind} {self.name or short_id(self.id)}"
 
     def to_json(self) -> dict[str, str]:
         return {"type": self.type, "id": self.id, "name": self.name}
@@ -180,7 +183,7 @@ def check_wide_pairs_in_remote_groups(ctx: _Ctx) -> list[Finding]:
                  ResourceRef("security_group", aset.group_id, aset.group_name),
                  ResourceRef("port", m.port_id, m.port_name),
                  *(ctx.port_ref(p) for p in exposed[:MAX_NAMES])],
-                f"rule {r.origin.resource_id} of group {rs.group_name} ({rs.direction} "
+                f"rule {short_id(r.origin.resource_id)} of group {rs.group_name} ({rs.direction} "
                 f"{match_label(plan, r.match, rs.direction)}) allows the addresses of every port in "
                 f"group {aset.group_name}, and that includes allowed address pairs: port "
                 f"{m.port_name} has {m.cidr}, so {what}.",
@@ -245,7 +248,7 @@ def check_sensitive_open(ctx: _Ctx) -> list[Finding]:
             why = []
             for rule, jump, _gained in res.contributors:
                 g = f" of group {plan.rulesets[jump.ruleset_id].group_name}" if jump else ""
-                why.append(f"rule {rule.origin.resource_id}{g} "
+                why.append(f"rule {short_id(rule.origin.resource_id)}{g} "
                            f"({match_label(plan, rule.match, 'ingress')})")
                 ref = ctx.rule_ref(rule)
                 if ref not in refs:
@@ -276,14 +279,16 @@ def check_redundant_rules(ctx: _Ctx) -> list[Finding]:
         rs, r = red.ruleset, red.rule
         d = rs.direction
         why = "; ".join(
-            f"rule {o.origin.resource_id}" + (f" of group {ors.group_name}" if ors is not rs else "")
+            f"rule {short_id(o.origin.resource_id)}"
+            + (f" of group {ors.group_name}" if ors is not rs else "")
             + f" ({match_label(plan, o.match, d)})" for o, ors in red.cover)
         refs = [ctx.rule_ref(r), ctx.group_ref(rs), *(ctx.rule_ref(o) for o, _ in red.cover)]
         if not red.cross:
             out.append(Finding(
-                "PW003", "low", f"rule {r.origin.resource_id} of group {rs.group_name} is redundant",
+                "PW003", "low",
+                f"rule {short_id(r.origin.resource_id)} of group {rs.group_name} is redundant",
                 refs,
-                f"{d} rule {r.origin.resource_id} ({match_label(plan, r.match, d)})"
+                f"{d} rule {short_id(r.origin.resource_id)} ({match_label(plan, r.match, d)})"
                 f" can never allow anything the group's other rules do not already allow: {why}",
                 "delete the redundant rule (or narrow the wider one if it was the mistake)"))
             continue
@@ -295,10 +300,10 @@ def check_redundant_rules(ctx: _Ctx) -> list[Finding]:
         names = [p.name for p in red.ports]
         out.append(Finding(
             "PW003", "info",
-            f"rule {r.origin.resource_id} of group {rs.group_name} is redundant for every port"
+            f"rule {short_id(r.origin.resource_id)} of group {rs.group_name} is redundant for every port"
             f" of the group (through group{'s' if len(others) > 1 else ''} {', '.join(others)})",
             refs,
-            f"{d} rule {r.origin.resource_id} ({match_label(plan, r.match, d)}) allows nothing"
+            f"{d} rule {short_id(r.origin.resource_id)} ({match_label(plan, r.match, d)}) allows nothing"
             f" that the ports of group {rs.group_name} ({_names(names)}) are not already allowed"
             f" by the rules of their groups (a port's policy is the union of its groups'"
             f" rules): {why}",
@@ -324,7 +329,7 @@ def check_empty_remote_groups(ctx: _Ctx) -> list[Finding]:
                if has_ports else f"group {gname} has no ports")
         out.append(Finding(
             "PW004", sev,
-            f"rule {r.origin.resource_id} of group {rs.group_name} refers to an empty "
+            f"rule {short_id(r.origin.resource_id)} of group {rs.group_name} refers to an empty "
             f"remote group",
             [ctx.rule_ref(r), ctx.group_ref(rs)] + (
                 [] if gid == rs.group_id else [ResourceRef("security_group", gid, gname)]),
@@ -355,9 +360,13 @@ def check_port_security_disabled(ctx: _Ctx) -> list[Finding]:
 def check_wide_pairs(ctx: _Ctx) -> list[Finding]:
     out = []
     model = ctx.model
+    remote = {aset.group_id if aset else ref.set_id[3:-3]
+              for _, _, ref, aset in _remote_group_rules(ctx.plan)}
     for port in model.ports.values():
         if not port.allowed_address_pairs or not port.port_security_enabled:
             continue
+        in_remote = sorted(model.security_groups[g].name or g for g in port.security_groups or ()
+                           if g in remote and g in model.security_groups)
         subnets = [s.network for s in model.subnets_of(port.network_id)]
         for i, pair in enumerate(port.allowed_address_pairs):
             net = pair.network
@@ -366,7 +375,8 @@ def check_wide_pairs(ctx: _Ctx) -> list[Finding]:
                 continue
             wider = any(s.subnet_of(net) and s != net for s in same)  # type: ignore[arg-type]
             if net.prefixlen <= WIDE_PREFIX[net.version]:
-                sev, what = "high", f"very wide ({net})"
+                # what makes it dangerous is a remote-group rule naming one of its groups
+                sev, what = "high" if in_remote else "medium", f"very wide ({net})"
             elif wider:
                 sev, what = "medium", f"wider than the port's subnet ({net})"
             else:
@@ -378,7 +388,9 @@ def check_wide_pairs(ctx: _Ctx) -> list[Finding]:
                 f"allowed_address_pairs[{i}] of port {port.label()} is {what}; the port's "
                 f"subnets are {', '.join(map(str, subnets)) or 'none'}. The port may send from "
                 f"any address in {net}, and every remote-group rule that names one of its groups"
-                f" admits all of {net}.",
+                f" admits all of {net}" + (
+                    f": today group {', '.join(in_remote)} is used as a remote group."
+                    if in_remote else " (none does today)."),
                 "narrow the pair to the addresses the VM really uses (a VIP /32, the routed "
                 "subnet); keep router/NAT ports in their own security group"))
     return out
@@ -404,11 +416,16 @@ def check_zone_overlaps(ctx: _Ctx) -> list[Finding]:
                         "PW007", "high",
                         f"subnets {a.label()} and {b.label()} overlap in conntrack zone {zone}",
                         [ResourceRef("subnet", a.id, a.name), ResourceRef("subnet", b.id, b.name)],
-                        f"{a.cidr} (network {a.network_id}) and {b.cidr} (network "
-                        f"{b.network_id}) overlap and share conntrack zone {zone}: connections of"
-                        " one network can match entries of the other.",
+                        f"{a.cidr} (network {_net(model, a.network_id)}) and {b.cidr} (network "
+                        f"{_net(model, b.network_id)}) overlap and share conntrack zone {zone}:"
+                        " connections of one network can match entries of the other.",
                         "give the networks distinct conntrack zones, or renumber one subnet"))
     return out
+
+
+def _net(model: Model, network_id: str) -> str:
+    net = model.networks.get(network_id)
+    return (net.name if net is not None else "") or short_id(network_id)
 
 
 # ------------------------------------------------------------------ PW008
@@ -434,7 +451,8 @@ def check_host_overlaps(ctx: _Ctx, host: HostRules) -> list[Finding]:
                 "PW008", sev,
                 f"tenant subnet {s.label()} ({net}) overlaps host NAT rule {r.target} "
                 f"{hit[1]}",
-                [ResourceRef("subnet", s.id, s.name), ResourceRef("network", s.network_id, "")],
+                [ResourceRef("subnet", s.id, s.name),
+                 ResourceRef("network", s.network_id, _net(ctx.model, s.network_id))],
                 f"the host ({host.source or 'rules'}) has `{r.text}` in table {r.table}; its "
                 f"{hit[0]} {hit[1]} overlaps tenant subnet {net}. With bridge-nf-call-iptables"
                 f"=1 bridged VM traffic traverses nat {r.chain} and "
@@ -486,8 +504,18 @@ def check_host_defaults(ctx: _Ctx) -> list[Finding]:
 
 
 # ------------------------------------------------------------------ driver
-def audit(model: Model, plan: HostPlan, host: HostRules | None = None) -> list[Finding]:
-    """Every finding for ``model`` compiled as ``plan``, most severe first."""
+#: Findings about one rule (its first resource); dropped when the file did not write it.
+ABOUT_A_RULE = ("PW003", "PW004")
+
+
+def audit(model: Model, plan: HostPlan, host: HostRules | None = None,
+          written: Callable[[str], bool] | None = None) -> list[Finding]:
+    """Every finding for ``model`` compiled as ``plan``, most severe first.
+
+    ``written(id)`` says whether the user wrote a resource (a topology's
+    :meth:`~portwall.topology.Topology.written`); findings about a rule the model added by
+    itself (the implicit ``default`` group's rules, automatic egress rules) are then left
+    out: the user cannot act on them. Exposure findings (PW001, PW002) always stay."""
     findings: list[Finding] = []
     # Interval and box arithmetic allocates millions of short-lived acyclic objects; the
     # cyclic collector would walk the whole (large) plan on each burst.
@@ -498,6 +526,10 @@ def audit(model: Model, plan: HostPlan, host: HostRules | None = None) -> list[F
                       check_port_security_disabled, check_wide_pairs, check_zone_overlaps):
             findings += check(ctx)
         findings += check_host_defaults(ctx) if host is None else check_host_overlaps(ctx, host)
+    if written is not None:
+        findings = [f for f in findings if not (
+            f.code in ABOUT_A_RULE and f.resources and f.resources[0].type ==
+            "security_group_rule" and not written(f.resources[0].id))]
     findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.code))
     return findings
 

@@ -44,10 +44,16 @@ def match_label(plan: HostPlan, m: Match, direction: str | None = None) -> str:
     return " ".join(parts)
 
 
+def short_id(rid: str) -> str:
+    """The first 8 characters of an id: enough to tell resources apart on one screen (the
+    full id is in ``--json``)."""
+    return rid[:8]
+
+
 def rule_label(plan: HostPlan, rule: Rule, direction: str | None = None) -> str:
     """A rule as a person reads it: ``rule <id> (IPv4 tcp dport 22 from remote group x)``."""
     name = f" '{rule.origin.resource_name}'" if rule.origin.resource_name else ""
-    return f"{rule.origin.resource_type.replace('_', ' ')} {rule.origin.resource_id}{name}" \
+    return f"{rule.origin.resource_type.replace('_', ' ')}{name} {short_id(rule.origin.resource_id)}" \
            f" ({match_label(plan, rule.match, direction)})"
 
 

@@ -512,7 +512,7 @@ class Tracer:
             if d.via is not None:
                 g = d.via.origin
                 text = (f"{who}: allowed by {rule_label(self.plan, r, d.direction)} of security group "
-                        f"{g.resource_name or g.resource_id} ({g.resource_id})")
+                        f"{g.resource_name or g.resource_id}")
                 if d.member is not None:
                     m = d.member
                     text += (f"; {pkt.src if d.direction == 'ingress' else pkt.dst} is in the "

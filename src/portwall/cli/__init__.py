@@ -8,6 +8,7 @@ from portwall import __version__
 from portwall.cli.analyze import audit_cmd, trace_cmd
 from portwall.cli.core import render_cmd, validate_cmd
 from portwall.cli.demo import demo_cmd
+from portwall.cli.host import apply_cmd, remove_cmd
 from portwall.cli.lab import lab_group
 
 
@@ -35,3 +36,5 @@ main.add_command(trace_cmd)
 main.add_command(audit_cmd)
 main.add_command(lab_group)
 main.add_command(demo_cmd)
+main.add_command(apply_cmd)
+main.add_command(remove_cmd)

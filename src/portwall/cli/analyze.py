@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from portwall.cli.common import fail, load_or_exit
+from portwall.cli.common import fail, load_or_exit, plural, progress, wrap
 from portwall.ir import compile_plan
+
+SEVERITY_CHOICES = ("info", "low", "medium", "high", "critical")
 
 if TYPE_CHECKING:
     from portwall.analyze.audit import Finding, MatrixRow
@@ -52,7 +54,7 @@ def trace_cmd(file: str, src: str, dst: str, proto: str, sport: int | None, dpor
     """
     from portwall.analyze.trace import TraceError, Tracer
 
-    topo = load_or_exit(file)
+    topo = load_or_exit(file, as_json)
     plan = compile_plan(topo.model)
     try:
         result = Tracer.for_topology(topo, plan).trace(
@@ -102,6 +104,7 @@ def _backend_path(name: str, plan: object, result: object) -> list[str]:
 
 
 def _print_trace(result: object) -> None:
+    """One line per step, wrapped at word boundaries under its text (100 columns)."""
     from rich.console import Console
     from rich.text import Text
 
@@ -110,43 +113,54 @@ def _print_trace(result: object) -> None:
     assert isinstance(result, TraceResult)
     con = Console(highlight=False, soft_wrap=True)
     colour = {"allow": "green", "deny": "red"}.get(result.verdict, "yellow")
-    con.print(Text(f"{result.verdict.upper()}: {result.packet.describe()}", style=f"bold {colour}"))
+    con.print(Text(wrap(f"{result.verdict.upper()}: {result.packet.describe()}", "  "),
+                   style=f"bold {colour}"))
     marks = {"allow": ("✓", "green"), "deny": ("✗", "red"), "info": ("·", "dim")}
+    pad = " " * 15
+    header = result.packet.describe()
     for s in result.steps:
-        if s.stage == "verdict":
-            continue
+        if s.stage == "verdict" or (s.stage == "resolve" and s.detail == header):
+            continue  # the verdict line above already says both
         mark, style = marks[s.outcome]
+        body = wrap(s.detail, pad, pad)[len(pad):]
         line = Text(f"  {mark} ", style=style)
         line.append(f"{s.stage:<10} ", style="bold")
-        line.append(s.detail)
+        line.append(body)
         con.print(line)
     if result.hint:
-        con.print(Text(f"hint: {result.hint}", style="yellow"))
+        con.print(Text(wrap(f"hint: {result.hint}", "      "), style="yellow"))
 
 
 @click.command("audit")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable findings.")
-@click.option("--fail-on", type=click.Choice(["info", "low", "medium", "high", "critical"]),
-              default=None, help="Exit 1 if a finding at or above this severity exists.")
+@click.option("--fail-on", type=click.Choice(["none", *SEVERITY_CHOICES]), default="high",
+              show_default=True,
+              help="Exit 1 if a finding at or above this severity exists; none: always 0.")
 @click.option("--host-rules", type=click.Path(dir_okay=False, exists=True), default=None,
               help="An `iptables-save` dump of the compute host, to check host NAT rules.")
 @click.option("--host-netns", default=None, metavar="NS",
               help="Read the host rules live from network namespace NS (never the root one).")
 @click.option("--matrix", is_flag=True, help="Also print who can reach whom, per service.")
-def audit_cmd(file: str, as_json: bool, fail_on: str | None, host_rules: str | None,
+def audit_cmd(file: str, as_json: bool, fail_on: str, host_rules: str | None,
               host_netns: str | None, matrix: bool) -> None:
     """Review FILE's policy: leaks through wide address pairs in remote groups, sensitive
     services open to the internet, shadowed rules, unfiltered ports, overlapping subnets,
     and (with --host-rules/--host-netns) tenant subnets hijacked by host NAT rules.
 
-    The analysis is exhaustive: it reasons over address and port ranges, not samples.
+    The analysis is exhaustive: it reasons over address and port ranges, not samples. Only
+    what the file writes is judged: rules the model adds by itself (the project's implicit
+    default group) get no findings. Codes are explained in docs/audit.md.
+
+    \b
+    Exit status: 0 no finding at or above --fail-on (default: high, so critical and high
+    findings fail a CI job), 1 there is one, 2 the file or host rules could not be read.
     """
     from portwall.analyze.audit import SEVERITIES, HostRules, audit, reachability_matrix
 
     if host_rules and host_netns:
         fail("give --host-rules or --host-netns, not both")
-    topo = load_or_exit(file)
+    topo = load_or_exit(file, as_json)
     plan = compile_plan(topo.model)
     host: HostRules | None = None
     try:
@@ -156,22 +170,25 @@ def audit_cmd(file: str, as_json: bool, fail_on: str | None, host_rules: str | N
             host = HostRules.from_netns(host_netns)
     except (OSError, ValueError) as e:
         fail(str(e))
-    findings = audit(topo.model, plan, host)
-    mat = reachability_matrix(topo.model, plan) if matrix else None
+    with progress(f"auditing {len(plan.ports)} ports", enabled=len(plan.ports) >= 500
+                  and not as_json):
+        findings = audit(topo.model, plan, host, written=topo.written)
+        mat = reachability_matrix(topo.model, plan) if matrix else None
+    failing = fail_on != "none" and any(
+        SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in findings)
     if as_json:
-        doc: dict[str, object] = {"findings": [f.to_json() for f in findings]}
+        doc: dict[str, object] = {"file": file, "findings": [f.to_json() for f in findings],
+                                  "fail_on": fail_on, "failed": failing}
         if mat is not None:
             doc["matrix"] = [row.to_json() for row in mat]
         click.echo(json.dumps(doc, indent=2))
     else:
-        _print_audit(findings, mat)
-    if fail_on is not None:
-        limit = SEVERITIES.index(fail_on)
-        if any(SEVERITIES.index(f.severity) >= limit for f in findings):
-            sys.exit(1)
+        _print_audit(findings, mat, fail_on, failing)
+    sys.exit(1 if failing else 0)
 
 
-def _print_audit(findings: list[Finding], mat: list[MatrixRow] | None) -> None:
+def _print_audit(findings: list[Finding], mat: list[MatrixRow] | None, fail_on: str,
+                 failing: bool) -> None:
     from rich.console import Console
     from rich.text import Text
 
@@ -180,21 +197,29 @@ def _print_audit(findings: list[Finding], mat: list[MatrixRow] | None) -> None:
     con = Console(highlight=False, soft_wrap=True)
     styles = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan",
               "info": "dim"}
-    if not findings:
-        con.print(Text("no findings", style="green"))
     for f in findings:
-        con.print(Text(f"{f.code} {f.severity.upper():<8} {f.title}", style=styles[f.severity]))
+        con.print(Text(wrap(f"{f.code} {f.severity.upper():<8} {f.title}", " " * 15),
+                       style=styles[f.severity]))
         if f.resources:
-            con.print("  resources: " + ", ".join(r.label() for r in f.resources))
-        con.print(f"  {f.detail}")
+            con.print(Text(wrap("resources: " + ", ".join(r.label() for r in f.resources),
+                                "    ", "  ")))
+        con.print(Text(wrap(f.detail, "  ", "  ")))
         if f.fix:
-            con.print(Text(f"  fix: {f.fix}", style="yellow"))
+            con.print(Text(wrap(f"fix: {f.fix}", "       ", "  "), style="yellow"))
+        con.print()
     if mat is not None:
-        con.print(Text("\nreachability (who can open connections to whom; {a, b} -> {c, d}:"
-                       " each of a, b to each other port of c, d)", style="bold"))
+        con.print(Text(wrap("reachability (who can open connections to whom; {a, b} -> {c, d}:"
+                            " each of a, b to each other port of c, d)"), style="bold"))
         if mat:  # one write: rich's per-call cost dominated at tens of thousands of rows
             click.echo("\n".join(f"  {row.text()}" for row in mat))
     counts = {sev: sum(f.severity == sev for f in findings) for sev in reversed(SEVERITIES)}
     summary = ", ".join(f"{n} {sev}" for sev, n in counts.items() if n)
-    con.print(Text(f"\n{len(findings)} findings" + (f" ({summary})" if summary else ""),
+    con.print(Text(plural(len(findings), "finding") + (f" ({summary})" if summary else ""),
                    style="bold"))
+    if fail_on == "none":
+        con.print(Text("exit status 0 (--fail-on none)", style="dim"))
+    elif failing:
+        con.print(Text(f"exit status 1: findings at or above {fail_on} (--fail-on none to "
+                       "only report)", style="bold red"))
+    else:
+        con.print(Text(f"exit status 0: nothing at or above {fail_on}", style="green"))

@@ -10,17 +10,21 @@ plan the kernel enforces. Sandboxes are always removed, also on failure or Ctrl-
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
+from rich.text import Text
 
-from portwall.cli.common import fail
-from portwall.cli.lab import check_table, console, require_root
+from portwall.cli.common import fail, wrap
+from portwall.cli.lab import check_json, check_table, console, require_root
 from portwall.ir import compile_plan
 from portwall.lab import state as st
 from portwall.lab.check import CheckResult, run_checks
@@ -41,7 +45,7 @@ def _examples_dir(given: str | None) -> Path:
 
 
 def _explain(out: Console, topo: Topology, src: str, dst: str, proto: str,
-             dport: int | None = None) -> None:
+             dport: int | None = None, hint: bool = True) -> None:
     """Which rule decides src -> dst, from the evaluator (skipped if trace is absent)."""
     try:
         from portwall.analyze.trace import trace
@@ -59,10 +63,14 @@ def _explain(out: Console, topo: Topology, src: str, dst: str, proto: str,
     for s in res.steps:
         if s.outcome == "info" and s.stage not in ("route", "forward"):
             continue
-        mark = {"allow": "[green]✓[/green]", "deny": "[red]✗[/red]"}.get(s.outcome, "·")
-        out.print(f"    {mark} {s.stage:<10} {s.detail}")
-    if res.hint:
-        out.print(f"    [yellow]hint:[/yellow] {res.hint}")
+        mark, style = {"allow": ("✓", "green"), "deny": ("✗", "red")}.get(s.outcome, ("·", ""))
+        pad = " " * 17
+        line = Text(f"    {mark} ", style=style)
+        line.append(f"{s.stage:<10} ", style="bold")
+        line.append(wrap(s.detail, pad, pad)[len(pad):])
+        out.print(line)
+    if res.hint and hint:
+        out.print(Text(wrap(f"hint: {res.hint}", "          ", "    "), style="yellow"))
 
 
 def _announce(out: Console, box: Sandbox) -> None:
@@ -92,6 +100,10 @@ def _fixed_seed000(examples: Path, broken: Topology) -> Topology:
     return topo
 
 
+#: What the demo measured, for ``--json``: part -> phase -> results.
+RECORD: dict[str, dict[str, Any]] = {}
+
+
 def _part1(out: Console, examples: Path) -> bool:
     out.rule("[bold]Seed 000[/bold]: a VM that routes between two tenant subnets")
     topo = load_topology(examples / "seed000-router-vm.yaml")
@@ -110,7 +122,31 @@ def _part1(out: Console, examples: Path) -> bool:
         r2 = _table(out, box, fixed.lab.expect, "after: real packets")
         _explain(out, fixed, "serverX", "serverY", "icmp")
     blocked = any(r.expect.dst == "serverY" and r.observed == "deny" for r in r1)
+    RECORD["seed000"] = {"before": check_json(r1), "after": check_json(r2),
+                         "blocked_before_fix": blocked}
     return blocked and all(r.ok for r in r1 + r2)
+
+
+def _leaks(topo: Topology, results: Sequence[CheckResult]) -> set[int]:
+    """Indexes of allowed results that trace explains by a wide address pair in a remote
+    group (the seed 001 pitfall): found by the evaluator, not listed by hand."""
+    try:
+        from portwall.analyze.trace import Tracer
+    except ImportError:
+        return set()
+    tracer = Tracer.for_topology(topo, compile_plan(topo.model))
+    out = set()
+    for i, r in enumerate(results):
+        e = r.expect
+        if r.observed != "allow":
+            continue
+        try:
+            res = tracer.trace(e.src, e.dst, e.proto, dport=e.port)
+        except (ValueError, PortwallError):
+            continue
+        if res.allowed and res.hint_priority == 2:
+            out.add(i)
+    return out
 
 
 def _part2(out: Console, examples: Path) -> bool:
@@ -120,14 +156,49 @@ def _part2(out: Console, examples: Path) -> bool:
               "port 80 from remote group ssh, so its address set holds 0.0.0.0/1 + 128.0.0.0/1.\n")
     with sandbox(topo, f"demo-{st.short_token()}") as box:
         _announce(out, box)
-        results = _table(out, box, topo.lab.expect, "real packets")
-        leaks = [e for e in topo.lab.expect if e.verdict == "allow" and e.port == 80]
-        leak = next((e for e in leaks if e.src == "outside"), leaks[0] if leaks else None)
+        results = run_checks(box, topo.lab.expect)
+        leaks = _leaks(topo, results)
+        out.print(check_table(results, "before: real packets", leaks))
+        out.print(f"[bold red]{len(leaks)} LEAK[/bold red] rows: allowed (as Neutron allows "
+                  "them), but only through\nthe 0.0.0.0/0 pair in remote group ssh "
+                  "(found by portwall trace, not listed by hand).")
+        leak = next((results[i].expect for i in sorted(leaks)
+                     if results[i].expect.src == "outside"), None)
         if leak is not None:
             _explain(out, topo, leak.src, leak.dst, leak.proto, leak.port)
-    out.print("\nThis is what Neutron does too. Keep servers with 0.0.0.0/0 pairs out of groups "
-              "used as remote groups (`portwall audit` flags it).")
-    return all(r.ok for r in results)
+        fixed_path = examples / "seed001-vip-nat-fixed.yaml"
+        if not fixed_path.exists():
+            out.print(f"[dim]({fixed_path} is missing: no fix to show)[/dim]")
+            return all(r.ok for r in results) and bool(leaks)
+        fixed = load_topology(fixed_path)
+        out.print("\n[bold]Fix[/bold] (the article's advice; seed001-vip-nat-fixed.yaml): the NAT "
+                  "server leaves\ngroup ssh for a group of its own, `nat`, that no rule uses as a "
+                  "remote group;\nssh holds a real admin machine (admin, 10.1.1.40).")
+        report = box.apply(fixed)
+        for line in report.changes:
+            out.print(Text(wrap(line, "      ", "  + ")))
+        if report.policy is not None:
+            out.print(Text(wrap(f"applied: {report.policy.summary}", "    ", "  ")))
+        after = run_checks(box, fixed.lab.expect)
+        still = _leaks(fixed, after)
+        out.print(check_table(after, "after: real packets", still))
+        was = {_key(results[i].expect) for i in leaks}
+        closed = [r for r in after if _key(r.expect) in was and r.observed == "deny"]
+        colour = "green" if len(closed) == len(was) and not still else "red"
+        out.print(f"[bold {colour}]leak closed[/bold {colour}]: {len(closed)} of {len(was)} "
+                  "LEAK paths are now denied by the kernel.")
+        _explain(out, fixed, "outside", "proxy-a", "tcp", 80, hint=False)
+    out.print("\nKeep servers with 0.0.0.0/0 pairs out of groups used as remote groups\n"
+              "(`portwall audit` flags it: PW001).")
+    RECORD["seed001"] = {
+        "before": [{**row, "leak": i in leaks} for i, row in enumerate(check_json(results))],
+        "after": check_json(after), "leaks_before": len(was), "leaks_closed": len(closed)}
+    return (all(r.ok for r in results + after) and bool(leaks) and not still
+            and len(closed) == len(was))
+
+
+def _key(e: Expect) -> tuple[str, str, str, int | None]:
+    return e.src, e.dst, e.proto, e.port
 
 
 _MAIN_PID = os.getpid()
@@ -142,11 +213,13 @@ def _interrupt(signum: int, frame: object) -> None:
 @click.command("demo")
 @click.option("--examples", default=None, metavar="DIR",
               help="Directory holding seed000-router-vm.yaml (default: ./examples).")
-def demo_cmd(examples: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the measured results as JSON instead of tables.")
+def demo_cmd(examples: str | None, as_json: bool) -> None:
     """Show the seed scenarios enforced with real packets (needs root; never touches the
     machine's own network namespace). Exit 1 if any packet did not behave as shown."""
     require_root()
-    out = console()
+    out = Console(file=io.StringIO()) if as_json else console()
     ex = _examples_dir(examples)
     signal.signal(signal.SIGTERM, _interrupt)  # a killed demo still removes its sandboxes
     try:
@@ -157,6 +230,9 @@ def demo_cmd(examples: str | None) -> None:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted (sandboxes removed)", 130)
+    if as_json:
+        click.echo(json.dumps({**RECORD, "ok": ok1 and ok2}, indent=2))
+        sys.exit(0 if ok1 and ok2 else 1)
     out.rule()
     if ok1 and ok2:
         out.print("[bold green]demo: every packet behaved as shown[/bold green]")

@@ -7,26 +7,31 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from fnmatch import fnmatch
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from portwall import backends
-from portwall.cli.common import fail, load_or_exit
+from portwall.cli.common import MAX_WIDTH, echo_json, fail, load_or_exit, plural, progress, wrap
 from portwall.lab import state as st
 from portwall.lab.check import CheckResult, run_checks
-from portwall.lab.sandbox import LabReport, Sandbox, all_sandboxes
+from portwall.lab.sandbox import LabReport, Sandbox
 from portwall.lab.state import LabError
 
 DEFAULT_NAME = "default"
 
 
 def console() -> Console:
-    """Colours only on a terminal (rich turns them off for pipes by itself); logs get
-    wide lines instead of rich's 80 columns."""
-    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    return Console(highlight=False, soft_wrap=False, width=wide)
+    """Colours only on a terminal (rich turns them off for pipes by itself); 100 columns
+    at most, also in logs (rich's own default for a pipe is 80)."""
+    cols = os.environ.get("COLUMNS")
+    term = int(cols) if cols and cols.isdigit() else (
+        os.get_terminal_size().columns if sys.stdout.isatty() else MAX_WIDTH)
+    return Console(highlight=False, soft_wrap=False, width=min(MAX_WIDTH, term))
 
 
 def pick_name(name: str | None) -> str:
@@ -38,28 +43,49 @@ def pick_name(name: str | None) -> str:
 def print_report(report: LabReport, out: Console, chains: int = 12) -> None:
     """Interface changes, then the applier's report and (up to ``chains``) what it wrote."""
     for line in report.changes:
-        out.print(f"  [green]+[/green] {line}")
+        out.print(Text(wrap(line, "      ", "  + ")))
     if report.policy is None:
         return
-    out.print(f"  policy: {report.policy.summary}")
+    out.print(Text(wrap(f"policy: {report.policy.summary}", "    ", "  ")))
     rep = report.policy.detail
     for line in rep.touched[:chains]:
-        out.print(f"    {line}")
+        out.print(Text(wrap(line, "      ", "    ")))
     if len(rep.touched) > chains > 0:
         out.print(f"    ... and {len(rep.touched) - chains} more")
 
 
-def check_table(results: Sequence[CheckResult], title: str = "") -> Table:
+def report_json(report: LabReport) -> dict[str, Any]:
+    pol = report.policy
+    return {"changes": report.changes,
+            "policy": None if pol is None else {
+                "backend": pol.backend, "changed": pol.changed, "summary": pol.summary,
+                "touched": pol.detail.touched}}
+
+
+def check_json(results: Sequence[CheckResult]) -> list[dict[str, Any]]:
+    return [{"from": r.expect.src, "to": r.expect.dst, "target": r.target,
+             "target_vm": r.target_vm, "proto": r.expect.proto, "port": r.expect.port,
+             "expected": r.expect.verdict, "observed": r.observed, "detail": r.detail,
+             "seconds": round(r.seconds, 3), "ok": r.ok, "line": r.expect.line}
+            for r in results]
+
+
+def check_table(results: Sequence[CheckResult], title: str = "",
+                leaks: set[int] | frozenset[int] = frozenset()) -> Table:
+    """One row per expectation; rows in ``leaks`` (indexes) are marked LEAK even though
+    they behave as the file expects: allowed, but only through a wide address pair."""
     t = Table(title=title or None, title_justify="left")
     for col in ("from", "to", "proto/port", "expected", "observed", "", "why"):
         t.add_column(col)
-    for r in results:
+    for i, r in enumerate(results):
         e = r.expect
         to = e.dst if e.dst == r.target else f"{e.dst} ({r.target})"
         if r.target_vm and r.target_vm != e.dst:
             to += f" @{r.target_vm}"
         what = e.proto + (f"/{e.port}" if e.port is not None else "")
         verdict = "[green]OK[/green]" if r.ok else "[bold red]MISMATCH[/bold red]"
+        if i in leaks:
+            verdict += " [bold red]LEAK[/bold red]"
         obs = f"{r.observed} ({r.detail}, {r.seconds:.2f}s)"
         t.add_row(e.src, to, what, e.verdict, obs, verdict, getattr(r, "why", ""))
     return t
@@ -89,14 +115,21 @@ def require_root() -> None:
 @click.option("--no-policy", is_flag=True, help="Wire the VMs but apply no policy.")
 @click.option("--backend", type=click.Choice(backends.names()), default=backends.DEFAULT,
               show_default=True, help="Dataplane that enforces the policy.")
-def up_cmd(file: str, name: str, no_policy: bool, backend: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def up_cmd(file: str, name: str, no_policy: bool, backend: str, as_json: bool) -> None:
     """Build a sandbox from FILE and apply its policy."""
-    topo = load_or_exit(file)
+    topo = load_or_exit(file, as_json)
     out = console()
     try:
-        box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend)
+        with progress(f"building sandbox {name}: {len(topo.lab.vms)} VMs, "
+                      f"{len(topo.model.ports)} ports", enabled=not as_json):
+            box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend)
     except LabError as e:
         fail(str(e))
+    if as_json:
+        echo_json({"name": box.name, "host_netns": box.host_ns, "backend": box.state.backend,
+                   **report_json(report)})
+        return
     out.print(f"sandbox [bold]{box.name}[/bold] is up on {box.state.backend} "
               f"(host namespace {box.host_ns})")
     print_report(report, out, chains=0)
@@ -105,14 +138,19 @@ def up_cmd(file: str, name: str, no_policy: bool, backend: str) -> None:
 @lab_group.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--name", default=None, help=f"Sandbox name (default: {DEFAULT_NAME}).")
-def apply_cmd(file: str, name: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def apply_cmd(file: str, name: str | None, as_json: bool) -> None:
     """Re-apply FILE to a running sandbox: only changed ports, addresses and chains."""
-    topo = load_or_exit(file)
+    topo = load_or_exit(file, as_json)
     try:
         box = Sandbox.open(pick_name(name))
-        report = box.apply(topo)
+        with progress(f"applying {file} to sandbox {box.name}", enabled=not as_json):
+            report = box.apply(topo)
     except LabError as e:
         fail(str(e))
+    if as_json:
+        echo_json({"name": box.name, **report_json(report)})
+        return
     out = console()
     if not report.changes and report.policy is not None and not report.policy.changed:
         out.print(f"sandbox {box.name}: nothing to change")
@@ -143,12 +181,24 @@ def exec_cmd(name: str | None, vm: str, cmd: tuple[str, ...]) -> None:
 
 
 @lab_group.command("status")
-@click.option("--name", default=None, help="Only this sandbox.")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--name", "opt_name", default=None, help="Only this sandbox (same as NAME).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status_cmd(name: str | None, as_json: bool) -> None:
-    """List sandboxes: namespaces, devices, ports (name, MAC, IPs) and VMs."""
+def status_cmd(names: tuple[str, ...], opt_name: str | None, as_json: bool) -> None:
+    """List sandboxes: namespaces, ports (name, MAC, IPs) and VMs.
+
+    NAME (one or more; shell patterns such as 'demo-*' allowed) shows only those sandboxes;
+    without it, every sandbox on the machine.
+    """
+    wanted = [*names, *([opt_name] if opt_name else [])]
     try:
-        boxes = [Sandbox.open(name)] if name else all_sandboxes()
+        known = st.names()
+        picked = [n for n in known if not wanted or any(fnmatch(n, w) for w in wanted)]
+        missing = [w for w in wanted if not any(fnmatch(n, w) for n in known)]
+        if missing and not picked:
+            raise LabError(f"no sandbox matches {', '.join(missing)} (up: "
+                           f"{', '.join(known) or 'none'})")
+        boxes = [Sandbox.open(n) for n in picked]
     except LabError as e:
         fail(str(e))
     if as_json:
@@ -160,23 +210,22 @@ def status_cmd(name: str | None, as_json: bool) -> None:
         return
     for b in boxes:
         s = b.status()
-        out.print(f"[bold]{s['name']}[/bold]  backend {s['backend']}  topology {s['topology']}")
+        out.print(f"[bold]{s['name']}[/bold]  {s['topology']}")
         out.print(f"  host namespace {s['host_netns']} ({'up' if s['alive'] else 'MISSING'}),"
-                  f" bridges: {', '.join(s['bridges']) or '-'}")
-        t = Table(show_edge=False)
-        for col in ("VM", "namespace", "routing", "if", "port", "MAC", "addresses", "tap",
-                    "bridge"):
-            t.add_column(col)
+                  f" backend {s.get('backend', '?')}, bridges: {', '.join(s['bridges']) or '-'}")
+        t = Table(show_edge=False, pad_edge=False, box=None)
+        for col in ("VM", "routing", "if", "port", "addresses", "MAC", "tap"):
+            t.add_column(col, overflow="fold")
         for vm in s["vms"].values():
-            ns = vm["netns"] + ("" if vm["alive"] else " (MISSING)")
             routing = [*(["forwards"] if vm["forward"] else []),
                        *([f"gw {vm['gateway']}"] if vm["gateway"] else []),
                        *(f"{r['destination']} via {r['via']}" for r in vm["routes"])]
+            label = vm["name"] + ("" if vm["alive"] else " (MISSING)")
             for i, p in enumerate(vm["ports"]):
                 first = i == 0
-                t.add_row(vm["name"] if first else "", ns if first else "",
-                          ", ".join(routing) if first else "", p["ifname"], p["name"], p["mac"],
-                          " ".join(p["addresses"]), p["device"], p["bridge"])
+                t.add_row(label if first else "", ", ".join(routing) if first else "",
+                          p["ifname"], p["name"], " ".join(p["addresses"]), p["mac"],
+                          p["device"])
         out.print(t)
 
 
@@ -211,18 +260,26 @@ def flows_cmd(name: str | None, hit: bool) -> None:
 @lab_group.command("down")
 @click.option("--name", default=None, help=f"Sandbox name (default: {DEFAULT_NAME}).")
 @click.option("--all", "all_", is_flag=True, help="Remove every sandbox.")
-def down_cmd(name: str | None, all_: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def down_cmd(name: str | None, all_: bool, as_json: bool) -> None:
     """Remove a sandbox: every namespace it created, even after a crash mid-way."""
     names = st.names() if all_ else [pick_name(name)]
     rc = 0
+    done: list[dict[str, Any]] = []
     for n in names:
         try:
             removed = Sandbox.open(n).down()
         except LabError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            done.append({"name": n, "error": str(e)})
+            if not as_json:
+                click.secho(f"error: {e}", fg="red", err=True)
             rc = 1
             continue
-        click.echo(f"sandbox {n} removed ({len(removed)} namespaces)")
+        done.append({"name": n, "removed": removed})
+        if not as_json:
+            click.echo(f"sandbox {n} removed ({plural(len(removed), 'namespace')})")
+    if as_json:
+        echo_json(done)
     sys.exit(rc)
 
 
@@ -233,13 +290,14 @@ def down_cmd(name: str | None, all_: bool) -> None:
 @click.option("--timeout", default=0.8, show_default=True, help="Seconds per probe.")
 @click.option("--backend", type=click.Choice(backends.names()), default=backends.DEFAULT,
               show_default=True, help="Dataplane of the temporary sandbox (if one is built).")
-def check_cmd(file: str, name: str | None, timeout: float, backend: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
+def check_cmd(file: str, name: str | None, timeout: float, backend: str, as_json: bool) -> None:
     """Test FILE's expect: lines with real traffic; exit 1 on any mismatch.
 
     Uses the named sandbox when it is up; otherwise builds a temporary one from FILE and
     removes it afterwards.
     """
-    topo = load_or_exit(file)
+    topo = load_or_exit(file, as_json)
     if not topo.lab.expect:
         fail(f"{file} has no lab.expect lines")
     existing = pick_name(name) if pick_name(name) in st.names() else None
@@ -249,16 +307,23 @@ def check_cmd(file: str, name: str | None, timeout: float, backend: str) -> None
             box = Sandbox.open(existing)
             results = run_checks(box, topo.lab.expect, timeout, topo)
         else:
-            tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}", backend=backend)
-            out.print(f"temporary sandbox {tmp.name} on {tmp.state.backend} (removed afterwards)")
+            with progress(f"building a temporary sandbox for {len(topo.lab.vms)} VMs",
+                          enabled=not as_json):
+                tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}", backend=backend)
+            if not as_json:
+                out.print(f"temporary sandbox {tmp.name} on {tmp.state.backend} "
+                          "(removed afterwards)")
             try:
                 results = run_checks(tmp, topo.lab.expect, timeout, topo)
             finally:
                 tmp.down()
     except LabError as e:
         fail(str(e))
-    out.print(check_table(results, f"{file}: expectations with real packets"))
     bad = sum(not r.ok for r in results)
+    if as_json:
+        echo_json({"file": file, "results": check_json(results), "mismatches": bad})
+        sys.exit(1 if bad else 0)
+    out.print(check_table(results, f"{file}: expectations with real packets"))
     out.print(f"{len(results) - bad}/{len(results)} as expected"
               + (f", [bold red]{bad} MISMATCH[/bold red]" if bad else ""))
     sys.exit(1 if bad else 0)

@@ -12,8 +12,10 @@ import ipaddress
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import IO
 
 from portwall.lab import netns
 from portwall.lab.state import LabError, VMState
@@ -54,7 +56,12 @@ def probe(vm: VMState, proto: str, target: str, port: int | None = None,
 
 
 class Server:
-    """An echo server in a VM that records what reached it (``udp PORT SRC`` lines)."""
+    """An echo server in a VM that records what reached it (``udp PORT SRC`` lines).
+
+    The server prints a line per datagram / connection. Reader threads drain its stdout and
+    stderr as they come, so it never blocks on a full pipe (64 KiB is ~3,000 datagrams),
+    however much traffic a test sends and however long it runs.
+    """
 
     def __init__(self, vm: VMState, tcp: Iterable[int] = (), udp: Iterable[int] = ()):
         argv = [*PROBE, "serve"]
@@ -63,22 +70,47 @@ class Server:
         self.vm = vm
         self.proc = subprocess.Popen(_in(vm, argv), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline().strip()
-        if first != "ready":
-            _, err = self.stop_raw()
-            raise LabError(f"probe server in {vm.name} did not start: {first} {err.strip()}")
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._lines: list[str] = []
+        self._err: list[str] = []
+        self._lock = threading.Lock()
         self._seen: list[str] | None = None
+        first = self.proc.stdout.readline().strip()
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.proc.stdout, self._lines),
+                             daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stderr, self._err),
+                             daemon=True)]
+        for t in self._readers:
+            t.start()
+        if first != "ready":
+            self.stop_raw()
+            raise LabError(f"probe server in {vm.name} did not start: {first} "
+                           f"{''.join(self._err).strip()}")
+
+    def _drain(self, pipe: IO[str], into: list[str]) -> None:
+        for line in pipe:
+            with self._lock:
+                into.append(line)
+
+    def lines(self) -> list[str]:
+        """What reached the server so far (it keeps running)."""
+        with self._lock:
+            return [ln.strip() for ln in self._lines if ln.strip()]
 
     def stop_raw(self) -> tuple[str, str]:
+        """Stop the server; (everything it printed after ``ready``, its stderr)."""
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
-            out, err = self.proc.communicate(timeout=5)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return out or "", err or ""
+            self.proc.wait()
+        for t in self._readers:
+            t.join(timeout=5)
+        with self._lock:
+            return "".join(self._lines), "".join(self._err)
 
     def stop(self) -> list[str]:
         """Stop (idempotent) and return one line per TCP connection / UDP datagram seen."""

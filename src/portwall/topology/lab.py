@@ -22,35 +22,65 @@ from portwall.topology.spec import VM, Expect, LabSpec, Outside, Route, Topology
 Fail = Callable[..., TopologyError]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+LAB_FIELDS = ("vms", "expect", "outside")
 VM_FIELDS = ("ports", "forward", "gateway", "routes")
+ROUTE_FIELDS = ("destination", "via")
 EXPECT_FIELDS = ("from", "to", "proto", "port", "verdict")
 #: Namespace and interface names are built from VM names, and Linux caps them at 15 chars.
 VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")
 
 
-def parse_lab(raw: Any, model: Model, fail: Fail, line_of: Callable[[str], int | None]
-              ) -> LabSpec:
-    """The lab section of a document whose resources are already in ``model``."""
+def parse_lab(raw: Any, model: Model, fail: Fail, line_of: Callable[[str], int | None],
+              report: Callable[[TopologyError], None] | None = None,
+              failed_ports: set[str] | frozenset[str] = frozenset()) -> LabSpec:
+    """The lab section of a document whose resources are already in ``model``.
+
+    With ``report``, every problem is passed to it and the section goes on (a VM or an
+    expectation with an error is left out); without, the first one is raised. A VM that
+    names a port in ``failed_ports`` (refused earlier) is left out silently, and so are the
+    expectations about such VMs: their errors would only repeat the first one."""
+    def note(err: TopologyError) -> None:
+        if report is None:
+            raise err
+        report(err)
+
     if raw is None:
         return LabSpec()
-    if not isinstance(raw, dict):
-        raise fail("lab", "'lab' must be a mapping with 'vms' and 'expect'")
-    for k in raw:
-        if k not in ("vms", "expect", "outside"):
-            raise fail(f"lab.{k}", f"unknown lab field '{k}' (expected vms, expect, outside)")
     lab = LabSpec()
+    if not isinstance(raw, dict):
+        note(fail("lab", "'lab' must be a mapping with 'vms' and 'expect'"))
+        return lab
+    for k in raw:
+        if k not in LAB_FIELDS:
+            note(fail(f"lab.{k}", f"unknown lab field '{k}' (expected "
+                      f"{', '.join(LAB_FIELDS)})"))
     if raw.get("outside") is not None:
-        lab.outside = _outside(raw["outside"], model, fail)
+        try:
+            lab.outside = _outside(raw["outside"], model, fail)
+        except TopologyError as e:
+            note(e)
     vms = raw.get("vms") or {}
     if not isinstance(vms, dict):
-        raise fail("lab.vms", "'vms' must map VM names to their settings")
+        note(fail("lab.vms", "'vms' must map VM names to their settings"))
+        vms = {}
     owner: dict[str, str] = {}
+    skipped: set[str] = set()
     for name, spec in vms.items():
-        vm = _vm(str(name), spec, model, fail, owner)
+        refs = spec.get("ports") if isinstance(spec, dict) else None
+        if isinstance(refs, list) and any(str(r) in failed_ports for r in refs):
+            skipped.add(str(name))
+            continue
+        try:
+            vm = _vm(str(name), spec, model, fail, owner)
+        except TopologyError as e:
+            note(e)
+            skipped.add(str(name))
+            continue
         lab.vms[vm.name] = vm
     expects = raw.get("expect") or []
     if not isinstance(expects, list):
-        raise fail("lab.expect", "'expect' must be a list of {from, to, proto, port, verdict}")
+        note(fail("lab.expect", "'expect' must be a list of {from, to, proto, port, verdict}"))
+        expects = []
     addrs = _addresses(lab, model)
     for f in model.floating_ips.values():  # floating IPs answer for their VMs
         owners = [v.name for v in lab.vms.values() if f.port_id in v.ports]
@@ -58,8 +88,14 @@ def parse_lab(raw: Any, model: Model, fail: Fail, line_of: Callable[[str], int |
             addrs.setdefault(ipaddress.ip_address(f.floating_ip_address), owners[0])
     if lab.outside is not None:
         addrs.setdefault(ipaddress.ip_address(lab.outside.address), "outside")
-    for j, e in enumerate(expects):
-        lab.expect.append(_expect(f"lab.expect[{j}]", e, lab, model, addrs, fail, line_of))
+    for j, raw_e in enumerate(expects):
+        if isinstance(raw_e, dict) and {str(raw_e.get("from")), str(raw_e.get("to"))} & skipped:
+            continue
+        try:
+            lab.expect.append(_expect(f"lab.expect[{j}]", raw_e, lab, model, addrs, fail,
+                                      line_of))
+        except TopologyError as err:
+            note(err)
     return lab
 
 
@@ -106,7 +142,7 @@ def _vm(name: str, spec: Any, model: Model, fail: Fail, owner: dict[str, str]) -
         raise fail(f"{loc}.routes", "routes must be a list of {destination: CIDR, via: IP}")
     for j, r in enumerate(raw_routes):
         rloc = f"{loc}.routes[{j}]"
-        if not isinstance(r, dict) or set(r) != {"destination", "via"}:
+        if not isinstance(r, dict) or set(r) != set(ROUTE_FIELDS):
             raise fail(rloc, "a route is {destination: CIDR, via: IP}")
         try:
             dest = ipaddress.ip_network(str(r["destination"]), strict=False)

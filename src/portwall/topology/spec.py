@@ -33,6 +33,20 @@ class TopologyError(PortwallError):
         return f"{where}: {self.location}{about}: {self.message}"
 
 
+class TopologyErrors(TopologyError):
+    """Every problem found in one file, in file order. Behaves as the first one (its line,
+    location, status) for callers that handle a single error; ``errors`` holds them all."""
+
+    def __init__(self, errors: list[TopologyError]):
+        first = errors[0]
+        super().__init__(first.message, path=first.path, line=first.line,
+                         location=first.location, cause=first.cause, subject=first.subject)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(TopologyError.__str__(e) for e in self.errors)
+
+
 @dataclass
 class Route:
     destination: str
@@ -93,6 +107,14 @@ class Topology:
     path: str
     project: str = "default"
     description: str = ""
+    #: id -> where the file declares it (``ports[2]``): what the user wrote. Resources
+    #: the model made by itself (the project's ``default`` group, a group's automatic
+    #: egress rules) are absent, so audit and validate can leave them out.
+    declared: dict[str, str] = field(default_factory=dict)
+
+    def written(self, resource_id: str) -> bool:
+        """True if the file declares this resource (False for automatic ones)."""
+        return resource_id in self.declared
 
     def vm_of_port(self, port_id: str) -> VM | None:
         for vm in self.lab.vms.values():
