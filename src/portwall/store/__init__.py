@@ -1,0 +1,28 @@
+"""Where resources live: a :class:`Store` (SQL today) with a revision-ordered change feed."""
+
+from __future__ import annotations
+
+from portwall.store.base import Change, ChangeSet, Record, StaleRevision, Store, Txn
+
+DEFAULT_URL = "sqlite:///portwall.db"
+
+
+def open_store(url: str) -> Store:
+    """A store for ``url``: ``sqlite:///path``, ``postgresql://...`` (psycopg 3)."""
+    if url.startswith("sqlite"):
+        from portwall.store.sql import SqlStore
+
+        return SqlStore(url)
+    if url.startswith(("postgresql", "postgres")):
+        from portwall.store.sql import SqlStore
+
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        return SqlStore(url)
+    raise ValueError(f"unsupported store URL '{url}' (use sqlite:///PATH or postgresql://...)")
+
+
+__all__ = ["DEFAULT_URL", "Change", "ChangeSet", "Record", "StaleRevision", "Store", "Txn",
+           "open_store"]
