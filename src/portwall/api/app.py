@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from dataclasses import asdict
 from typing import Any
 
@@ -24,10 +23,9 @@ from portwall.api.config import Config
 from portwall.api.errors import ApiError
 from portwall.api.resources import json_response, read_json
 from portwall.api.views import Views
-from portwall.store import Record, Store, open_store
+from portwall.store import Record, Store, agent_record_id, open_store
 from portwall.store.cache import ModelCache
 
-AGENT_NS = uuid.UUID("0b7c8e0c-55a4-4f7e-9d1a-6167656e7473")
 #: An agent whose last report is older than this is shown ``alive: false``.
 AGENT_DOWN_AFTER = 75.0
 
@@ -68,7 +66,7 @@ def agent_view(r: Record) -> dict[str, Any]:
 
 
 def agent_id(host: str) -> str:
-    return str(uuid.uuid5(AGENT_NS, host))
+    return agent_record_id(host)
 
 
 def create_app(config: Config, store: Store | None = None) -> FastAPI:

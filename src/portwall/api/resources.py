@@ -125,12 +125,30 @@ class Handlers:
     def list(self, spec: Spec, request: Request) -> Response:
         c = self.caller(request)
         cache = self.server.cache
+        if spec.kind == "security_group":
+            self._ensure_default(c, request)
         with cache.lock:
             cache.sync()
             m = cache.model
             items = [self.render(m, spec.kind, o) for o in m._table(spec.kind).values()
                      if tenancy.visible(c, spec.kind, o)]
         return json_response(query.apply(request, spec.collection, items))
+
+    def _ensure_default(self, c: Caller, request: Request) -> None:
+        """Neutron creates a project's ``default`` group when the project (or the admin,
+        filtering by one project) first lists security groups."""
+        project = c.project_id
+        if c.is_admin:
+            wanted = request.query_params.getlist("project_id") or \
+                request.query_params.getlist("tenant_id")
+            if len(wanted) != 1:
+                return
+            project = wanted[0]
+        cache = self.server.cache
+        with cache.lock:
+            cache.sync()
+            if cache.model.default_group(project) is None:
+                cache.mutate(lambda m: m.ensure_default_group(project))
 
     def show(self, spec: Spec, request: Request, rid: str) -> Response:
         c = self.caller(request)

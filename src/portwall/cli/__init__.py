@@ -9,6 +9,9 @@ from portwall.cli.analyze import audit_cmd, trace_cmd
 from portwall.cli.core import render_cmd, validate_cmd
 from portwall.cli.demo import demo_cmd
 from portwall.cli.lab import lab_group
+from portwall.cli.server import server_cmd
+from portwall.cli.agent import agent_cmd
+from portwall.cli.io import export_cmd, import_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -35,3 +38,7 @@ main.add_command(trace_cmd)
 main.add_command(audit_cmd)
 main.add_command(lab_group)
 main.add_command(demo_cmd)
+main.add_command(server_cmd)
+main.add_command(agent_cmd)
+main.add_command(import_cmd)
+main.add_command(export_cmd)

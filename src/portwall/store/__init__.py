@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from portwall.store.base import Change, ChangeSet, Record, StaleRevision, Store, Txn
 
+import uuid
+
 DEFAULT_URL = "sqlite:///portwall.db"
+_AGENT_NS = uuid.UUID("0b7c8e0c-55a4-4f7e-9d1a-6167656e7473")
+
+
+def agent_record_id(host: str) -> str:
+    """The id of a host's agent record (stable, so a restarted agent updates its own)."""
+    return str(uuid.uuid5(_AGENT_NS, host))
 
 
 def open_store(url: str) -> Store:
@@ -25,4 +33,4 @@ def open_store(url: str) -> Store:
 
 
 __all__ = ["DEFAULT_URL", "Change", "ChangeSet", "Record", "StaleRevision", "Store", "Txn",
-           "open_store"]
+           "agent_record_id", "open_store"]
