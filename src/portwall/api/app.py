@@ -110,9 +110,14 @@ def create_app(config: Config, store: Store | None = None) -> FastAPI:
     @app.get("/v2.0/agents", tags=["agents"])
     async def list_agents(request: Request) -> Response:
         authenticate(config, request)
-        with server.cache.lock:
-            await run_in_threadpool(server.cache.sync)
-            items = [agent_view(r) for (k, _), r in server.cache.meta.items() if k == "agent"]
+
+        def read() -> list[dict[str, Any]]:
+            with server.cache.lock:
+                server.cache.sync()
+                return [agent_view(r) for (k, _), r in server.cache.meta.items()
+                        if k == "agent"]
+
+        items = await run_in_threadpool(read)
         return json_response(query.apply(request, "agents", items))
 
     @app.get("/v2.0/agents/{rid}", tags=["agents"])

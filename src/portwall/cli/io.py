@@ -133,14 +133,30 @@ def export_topology(client: Client) -> dict[str, Any]:
     doc["networks"] = [_clean(n) for n in client.list("networks", "networks")]
     doc["subnets"] = [_clean(s) for s in client.list("subnets", "subnets")]
     groups = []
+    defaults: dict[str, str] = {}  # default group id -> how the file names it
     for g in client.list("security-groups", "security_groups"):
-        rules = [_clean({k: v for k, v in r.items()
-                         if k not in ("id", "security_group_id", "project_id")})
-                 for r in g.pop("security_group_rules")]
+        if g["name"] == "default":
+            defaults[g["id"]] = "default"
+    for g in client.list("security-groups", "security_groups"):
+        gid = g["id"]
+        rules = []
+        for r in g.pop("security_group_rules"):
+            r = _clean({k: v for k, v in r.items()
+                        if k not in ("id", "security_group_id", "project_id")})
+            if r.get("remote_group_id") in defaults:
+                r["remote_group_id"] = defaults[r["remote_group_id"]]
+            rules.append(r)
         g = _clean({k: v for k, v in g.items() if k != "shared"})
-        if g.get("name") == "default":
+        if gid in defaults:
+            # The loader makes the project's default group with Neutron's four rules
+            # (its id is the loader's own): list only the rules added to it.
             g = {k: v for k, v in g.items() if k in ("name", "description", "project_id")}
-        g["default_egress_rules"] = False
+            standard = [{"direction": "egress", "ethertype": e} for e in ("IPv4", "IPv6")] + [
+                {"direction": "ingress", "ethertype": e, "remote_group_id": "default"}
+                for e in ("IPv4", "IPv6")]
+            rules = [r for r in rules if r not in standard]
+        else:
+            g["default_egress_rules"] = False
         g["security_group_rules"] = rules
         groups.append(g)
     doc["security_groups"] = groups
@@ -152,8 +168,12 @@ def export_topology(client: Client) -> dict[str, Any]:
         gw = r.get("external_gateway_info")
         if gw:
             gw.pop("external_fixed_ips", None)
-    doc["ports"] = [_clean(p) for p in client.list("ports", "ports")
-                    if p["device_owner"] not in _ROUTER_OWNED and p["id"] not in router_ports]
+    ports = [_clean(p) for p in client.list("ports", "ports")
+             if p["device_owner"] not in _ROUTER_OWNED and p["id"] not in router_ports]
+    for p in ports:
+        if "security_groups" in p:
+            p["security_groups"] = [defaults.get(g, g) for g in p["security_groups"]]
+    doc["ports"] = ports
     doc["routers"] = [_clean(r) for r in routers]
     doc["floating_ips"] = [_clean(f) for f in client.list("floatingips", "floatingips")]
     for key, path in (("firewall_rules", "fwaas/firewall_rules"),
