@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apihelp import ADMIN, TOKENS, Api
 from fastapi.testclient import TestClient
 
 from portwall.api.app import create_app
 from portwall.api.config import Config
 from portwall.store import pgtemp
-
-from apihelp import ADMIN, TOKENS, Api
-
 
 
 @pytest.fixture(scope="session")

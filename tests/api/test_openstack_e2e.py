@@ -17,13 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
+from serverproc import TOKEN, VENV_BIN, ServerProcess, openstack
 
 from portwall.agent.httpstore import HttpStore
 from portwall.agent.runner import Agent, AgentOptions
 from portwall.cli.io import Client, export_topology
 from portwall.lab.harness import Lab, LabBox
-
-from serverproc import TOKEN, VENV_BIN, ServerProcess, openstack
 
 pytestmark = [
     pytest.mark.e2e, pytest.mark.slow,

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from portwall import backends
-from portwall.ir.compile import PlanCompiler
-from portwall.store import Record, Store, agent_record_id
-from portwall.store import codec
-from portwall.store.cache import ModelCache
-
 from portwall.agent.metrics import Metrics
+from portwall.ir.compile import PlanCompiler
+from portwall.store import Record, Store, agent_record_id, codec
+from portwall.store.cache import ModelCache
 
 log = logging.getLogger("portwall.agent")
 

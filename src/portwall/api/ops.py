@@ -38,8 +38,8 @@ def update_network(m: Model, ref: str, changes: Mapping[str, Any]) -> Network:
 
 def delete_network(m: Model, ref: str) -> None:
     net = m.get("network", ref)
-    users = [p for p in m.ports.values() if p.network_id == net.id and not p.is_trusted
-             or p.network_id == net.id and p.device_owner.startswith("network:router")]
+    users = [p for p in m.ports.values() if (p.network_id == net.id and not p.is_trusted)
+             or (p.network_id == net.id and p.device_owner.startswith("network:router"))]
     if users:
         raise Conflict(
             f"Unable to complete operation on network {net.id}. There are one or more ports"
@@ -156,9 +156,9 @@ def remove_router_interface(m: Model, ref: str, body: Mapping[str, Any]) -> dict
     port = m.ports[pid]
     subnets = [f.subnet_id for f in port.fixed_ips]
     for fip in m.floating_ips.values():
-        if fip.router_id == router.id and any(
-                f.subnet_id in subnets for f in m.ports[fip.port_id].fixed_ips
-                if fip.port_id in m.ports):
+        bound = m.ports.get(fip.port_id or "")
+        if fip.router_id == router.id and bound is not None and any(
+                f.subnet_id in subnets for f in bound.fixed_ips):
             raise Conflict(f"Router interface for subnet {subnets[0]} on router {router.id}"
                            " cannot be deleted, as it is required by one or more floating IPs.",
                            resource="router", neutron_type="RouterInterfaceInUseByFloatingIP")
@@ -202,7 +202,7 @@ def update_fw(m: Model, kind: str, ref: str, changes: Mapping[str, Any]) -> Reso
     create = {"firewall_rule": m.create_firewall_rule,
               "firewall_policy": m.create_firewall_policy,
               "firewall_group": m.create_firewall_group}[kind]
-    return _recreate(m, kind, old, changes, create)  # type: ignore[arg-type]
+    return _recreate(m, kind, old, changes, create)
 
 
 def delete_fw(m: Model, kind: str, ref: str) -> None:
@@ -213,9 +213,9 @@ def delete_fw(m: Model, kind: str, ref: str) -> None:
             raise Conflict(f"Firewall rule {obj.id} is being used.", resource=kind,
                            neutron_type="FirewallRuleInUse")
     if kind == "firewall_policy":
-        users = [g for g in m.firewall_groups.values()
-                 if obj.id in (g.ingress_firewall_policy_id, g.egress_firewall_policy_id)]
-        if users:
+        groups = [g for g in m.firewall_groups.values()
+                  if obj.id in (g.ingress_firewall_policy_id, g.egress_firewall_policy_id)]
+        if groups:
             raise Conflict(f"Firewall policy {obj.id} is being used.", resource=kind,
                            neutron_type="FirewallPolicyInUse")
     del m._table(kind)[obj.id]

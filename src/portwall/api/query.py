@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,6 +29,10 @@ def _match(value: Any, wanted: list[str]) -> bool:
     return ("" if value is None else str(value)) in wanted
 
 
+def _sort_key(k: str) -> Callable[[dict[str, Any]], tuple[bool, str]]:
+    return lambda x: (x.get(k) is not None, str(x.get(k)))
+
+
 def apply(request: Request, collection: str, items: Sequence[dict[str, Any]]
           ) -> dict[str, Any]:
     """The response body of ``GET /v2.0/<collection>`` for ``items`` (already visible)."""
@@ -48,7 +52,7 @@ def apply(request: Request, collection: str, items: Sequence[dict[str, Any]]
             raise ApiError(400, f"Invalid sort_dir '{d}': use asc or desc")
         if items and k not in items[0]:
             raise ApiError(400, f"Invalid sort_key '{k}'")
-        out.sort(key=lambda x, k=k: (x.get(k) is not None, str(x.get(k))), reverse=d == "desc")
+        out.sort(key=_sort_key(k), reverse=d == "desc")
     limit_text = params.get("limit")
     marker = params.get("marker")
     links: list[dict[str, str]] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -122,7 +123,7 @@ class Handlers:
         return self.server.views.render(m, kind, obj, self.server.cache.meta.get((kind, obj.id)))
 
     # ------------------------------------------------------------------ reads
-    def list(self, spec: Spec, request: Request) -> Response:
+    def list_(self, spec: Spec, request: Request) -> Response:
         c = self.caller(request)
         cache = self.server.cache
         if spec.kind == "security_group":
@@ -313,10 +314,10 @@ def install(app: FastAPI, server: Any) -> None:
     r = APIRouter(prefix="/v2.0", dependencies=[Depends(token_header)])
 
     def bind(spec: Spec) -> None:
-        tag = [spec.collection]
+        tag: list[str | Enum] = [spec.collection]
 
         async def list_(request: Request) -> Response:
-            return await run_in_threadpool(h.list, spec, request)
+            return await run_in_threadpool(h.list_, spec, request)
 
         async def show(request: Request, rid: str) -> Response:
             return await run_in_threadpool(h.show, spec, request, rid)
@@ -350,7 +351,7 @@ def install(app: FastAPI, server: Any) -> None:
     for spec in SPECS:
         bind(spec)
 
-    tag = ["security_group_rules"]
+    tag2: list[str | Enum] = ["security_group_rules"]
 
     async def list_rules(request: Request) -> Response:
         return await run_in_threadpool(h.list_rules, request)
@@ -368,11 +369,11 @@ def install(app: FastAPI, server: Any) -> None:
     rule_doc = {"requestBody": {"content": {"application/json": {"schema": {
         "type": "object", "properties": {"security_group_rule": {"type": "object"}},
         "required": ["security_group_rule"]}}}, "required": True}}
-    r.add_api_route("/security-group-rules", list_rules, methods=["GET"], tags=tag)
-    r.add_api_route("/security-group-rules/{rid}", show_rule, methods=["GET"], tags=tag)
-    r.add_api_route("/security-group-rules", create_rule, methods=["POST"], tags=tag,
+    r.add_api_route("/security-group-rules", list_rules, methods=["GET"], tags=tag2)
+    r.add_api_route("/security-group-rules/{rid}", show_rule, methods=["GET"], tags=tag2)
+    r.add_api_route("/security-group-rules", create_rule, methods=["POST"], tags=tag2,
                     status_code=201, openapi_extra=rule_doc)
-    r.add_api_route("/security-group-rules/{rid}", delete_rule, methods=["DELETE"], tags=tag,
+    r.add_api_route("/security-group-rules/{rid}", delete_rule, methods=["DELETE"], tags=tag2,
                     status_code=204)
 
     def bind_action(action: str) -> None:
@@ -380,7 +381,7 @@ def install(app: FastAPI, server: Any) -> None:
             data = await read_json(request)
             return await run_in_threadpool(h.router_action, request, rid, action, data)
 
-        r.add_api_route(f"/routers/{{rid}}/{action}", act, methods=["PUT"], tags=["routers"],
+        r.add_api_route(f"/routers/{{rid}}/{action}", act, methods=["PUT"], tags=list[str | Enum](["routers"]),
                         name=action, openapi_extra={"requestBody": {"content": {
                             "application/json": {"schema": {"type": "object", "properties": {
                                 "subnet_id": {"type": "string"},

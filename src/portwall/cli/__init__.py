@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from portwall import __version__
+from portwall.cli.agent import agent_cmd
 from portwall.cli.analyze import audit_cmd, trace_cmd
 from portwall.cli.core import render_cmd, validate_cmd
 from portwall.cli.demo import demo_cmd
+from portwall.cli.io import export_cmd, import_cmd
 from portwall.cli.lab import lab_group
 from portwall.cli.server import server_cmd
-from portwall.cli.agent import agent_cmd
-from portwall.cli.io import export_cmd, import_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -32,14 +32,14 @@ class Client:
         return r.json() if r.content else None
 
     def create(self, path: str, member: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call("POST", f"/v2.0/{path}", {member: body})[member]  # type: ignore[no-any-return]
+        return self.call("POST", f"/v2.0/{path}", {member: body})[member]
 
     def list(self, path: str, key: str) -> list[dict[str, Any]]:
-        return self.call("GET", f"/v2.0/{path}")[key]  # type: ignore[no-any-return]
+        return self.call("GET", f"/v2.0/{path}")[key]
 
 
 def _dump(obj: Any, **kw: Any) -> dict[str, Any]:
-    return obj.model_dump(by_alias=True, mode="json", exclude_none=True, **kw)  # type: ignore[no-any-return]
+    return obj.model_dump(by_alias=True, mode="json", exclude_none=True, **kw)
 
 
 def import_topology(file: str, client: Client, bind_host: str | None = None) -> dict[str, int]:
@@ -52,9 +52,11 @@ def import_topology(file: str, client: Client, bind_host: str | None = None) -> 
         counts[kind] = counts.get(kind, 0) + 1
 
     for n in m.networks.values():
-        client.create("networks", "network", _dump(n)); made("networks")
+        client.create("networks", "network", _dump(n))
+        made("networks")
     for s in m.subnets.values():
-        client.create("subnets", "subnet", _dump(s)); made("subnets")
+        client.create("subnets", "subnet", _dump(s))
+        made("subnets")
     sg_map: dict[str, str] = {}
     for g in m.security_groups.values():
         if g.name == "default":
@@ -90,25 +92,29 @@ def import_topology(file: str, client: Client, bind_host: str | None = None) -> 
             body.pop("security_groups")
         if bind_host is not None and not p.is_trusted:
             body["binding:host_id"] = bind_host
-        client.create("ports", "port", body); made("ports")
-    for rid, r in m.routers.items():
-        body = _dump(r)
+        client.create("ports", "port", body)
+        made("ports")
+    for rid, router in m.routers.items():
+        body = _dump(router)
         gw = body.get("external_gateway_info")
         if gw:
             gw.pop("external_fixed_ips", None)
-        client.create("routers", "router", body); made("routers")
+        client.create("routers", "router", body)
+        made("routers")
         for pid in m.router_interfaces.get(rid, []):
             sub = m.ports[pid].fixed_ips[0].subnet_id
             client.call("PUT", f"/v2.0/routers/{rid}/add_router_interface", {"subnet_id": sub})
     for f in m.floating_ips.values():
         body = {k: v for k, v in _dump(f).items() if k not in ("router_id", "status")}
-        client.create("floatingips", "floatingip", body); made("floatingips")
+        client.create("floatingips", "floatingip", body)
+        made("floatingips")
     for kind, coll, member in (("firewall_rules", "fwaas/firewall_rules", "firewall_rule"),
                                ("firewall_policies", "fwaas/firewall_policies",
                                 "firewall_policy"),
                                ("firewall_groups", "fwaas/firewall_groups", "firewall_group")):
         for obj in getattr(m, kind).values():
-            client.create(coll, member, _dump(obj)); made(kind)
+            client.create(coll, member, _dump(obj))
+        made(kind)
     return counts
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from portwall.store.base import Change, ChangeSet, Record, StaleRevision, Store, Txn
-
 import uuid
+
+from portwall.store.base import Change, ChangeSet, Record, StaleRevision, Store, Txn
 
 DEFAULT_URL = "sqlite:///portwall.db"
 _AGENT_NS = uuid.UUID("0b7c8e0c-55a4-4f7e-9d1a-6167656e7473")

@@ -59,6 +59,9 @@ class StaleRevision(Exception):
 class Txn(Protocol):
     """Reads and writes inside one transaction: all of them commit together or none."""
 
+    #: the store revision this transaction commits as
+    revision: int
+
     def get(self, kind: str, rid: str) -> Record | None: ...
 
     def put(self, record: Record) -> Record: ...

@@ -101,8 +101,8 @@ class ModelCache:
                     raise
             raise AssertionError("unreachable")
 
-    def write_records(self, records: list[Record], deletes: list[tuple[str, str]] = ()
-                      ) -> None:  # type: ignore[assignment]
+    def write_records(self, records: list[Record],
+                      deletes: tuple[tuple[str, str], ...] = ()) -> None:
         """Write records that are not Model resources (agent status)."""
         with self.lock:
             with self.store.transaction() as txn:

@@ -97,7 +97,7 @@ class Snapshot:
         for kind, before in self.tables.items():
             now = table(m, kind)
             for rid, obj in now.items():
-                old = before.get(rid)
+                old: Any = before.get(rid)
                 if old is not obj or (
                     kind == "security_group"
                     and self.rules.get(rid) != tuple(id(r) for r in obj.security_group_rules)

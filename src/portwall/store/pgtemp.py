@@ -6,6 +6,7 @@ same directory), and removes everything on exit -- even when start-up fails half
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -90,11 +91,9 @@ class TempPostgres:
 
     def stop(self) -> None:
         if self.started:
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self._run([pg_bin("pg_ctl") or "pg_ctl", "-D", str(self.data), "-m",
                            "immediate", "stop"])
-            except subprocess.CalledProcessError:
-                pass
             self.started = False
         shutil.rmtree(self.dir, ignore_errors=True)
 
