@@ -381,7 +381,8 @@ def install(app: FastAPI, server: Any) -> None:
             data = await read_json(request)
             return await run_in_threadpool(h.router_action, request, rid, action, data)
 
-        r.add_api_route(f"/routers/{{rid}}/{action}", act, methods=["PUT"], tags=list[str | Enum](["routers"]),
+        tags: list[str | Enum] = ["routers"]
+        r.add_api_route(f"/routers/{{rid}}/{action}", act, methods=["PUT"], tags=tags,
                         name=action, openapi_extra={"requestBody": {"content": {
                             "application/json": {"schema": {"type": "object", "properties": {
                                 "subnet_id": {"type": "string"},
