@@ -39,10 +39,12 @@ class Server:
         self.cache = ModelCache(self.store)
         self.views = Views()
         self.cond = threading.Condition()
+        self.generation = 0  # bumped after every commit (under ``cond``)
 
     def changed(self) -> None:
-        """Wake in-process followers (``--with-agent``) after a commit."""
+        """Wake followers (long-polling agents, ``--with-agent``) after a commit."""
         with self.cond:
+            self.generation += 1
             self.cond.notify_all()
 
     def close(self) -> None:
@@ -152,6 +154,8 @@ def create_app(config: Config, store: Store | None = None) -> FastAPI:
         def feed() -> dict[str, Any]:
             deadline = time.monotonic() + min(max(wait, 0.0), 30.0)
             while True:
+                with server.cond:
+                    gen = server.generation
                 cs = server.store.changes(since)
                 if cs.changes or cs.reset or time.monotonic() >= deadline:
                     return {"since": cs.since, "head": cs.head, "reset": cs.reset,
@@ -159,7 +163,9 @@ def create_app(config: Config, store: Store | None = None) -> FastAPI:
                                          "record": None if c.record is None
                                          else asdict(c.record)} for c in cs.changes]}
                 with server.cond:
-                    server.cond.wait(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
+                    if server.generation == gen:  # no commit since the query: sleep
+                        server.cond.wait(timeout=min(1.0, max(deadline - time.monotonic(),
+                                                              0.01)))
 
         return json_response(await run_in_threadpool(feed))
 
