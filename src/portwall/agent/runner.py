@@ -156,9 +156,14 @@ class Agent:
             log.warning("status report failed: %s", e)
 
     # ----------------------------------------------------------------- loop
-    def run(self) -> None:
-        if self.opts.metrics_port is not None:
+    def serve_metrics(self) -> int | None:
+        """Start the /metrics endpoint (once) when a metrics port is configured."""
+        if self.opts.metrics_port is not None and self.metrics_port is None:
             self.metrics_port = self.metrics.serve(self.opts.metrics_port)
+        return self.metrics_port
+
+    def run(self) -> None:
+        self.serve_metrics()
         while not self._stop.is_set():
             try:
                 did = self.step()
