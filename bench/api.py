@@ -27,11 +27,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "api"))
 
-from serverproc import TOKEN, ServerProcess  # noqa: E402
+from serverproc import TOKEN, ServerProcess
 
-from portwall.agent.httpstore import HttpStore  # noqa: E402
-from portwall.agent.runner import Agent, AgentOptions  # noqa: E402
-from portwall.lab import netns  # noqa: E402
+from portwall.agent.httpstore import HttpStore
+from portwall.agent.runner import Agent, AgentOptions
+from portwall.lab import netns
 
 H = {"X-Auth-Token": TOKEN}
 HOST = "bench-host"
@@ -39,7 +39,7 @@ HOST = "bench-host"
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] * 1000
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))] * 1000
 
 
 def setup(url: str, subnets: int) -> tuple[str, list[str]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serverproc import TOKEN, VENV_BIN, ServerProcess
 
 from portwall.agent.runner import Agent, AgentOptions
 from portwall.lab import netns
@@ -19,8 +20,6 @@ from portwall.lab.harness import Lab, LabBox
 from portwall.model import Model
 from portwall.store import Record, Store, agent_record_id, codec, open_store
 from portwall.store.cache import ModelCache
-
-from serverproc import TOKEN, VENV_BIN, ServerProcess
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from serverproc import VENV_BIN
+from test_agent import store_model
 
 from portwall.ir import compile_plan
 from portwall.lab.enforce import policy_drift
@@ -23,9 +25,6 @@ from portwall.lab.harness import Lab
 from portwall.lab.traffic import Server, Session, finish, stream
 from portwall.store import Store, agent_record_id, open_store
 from portwall.store.cache import ModelCache
-
-from serverproc import VENV_BIN
-from test_agent import store_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import schemathesis
+from apihelp import ADMIN, TOKENS
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from apihelp import ADMIN, TOKENS
 from portwall.api.app import create_app
 from portwall.api.config import Config
 from portwall.store import codec

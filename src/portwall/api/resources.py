@@ -7,6 +7,7 @@ transaction, and a failure leaves both the store and the Model as they were."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -91,6 +92,20 @@ def member_body(data: Any, member: str) -> dict[str, Any]:
     return dict(data[member])
 
 
+def with_random_mac(m: Model, body: dict[str, Any]) -> dict[str, Any]:
+    """A port without a MAC gets a random one as Neutron gives it (fa:16:3e:xx:xx:xx),
+    checked against the network's MACs in O(1); the Model's own derivation is for
+    reproducible topology files and scans every MAC."""
+    net = m.networks.get(body.get("network_id") or "")
+    if "mac_address" in body or net is None:
+        return body
+    for _ in range(100):
+        mac = "fa:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        if (net.id, mac) not in m._mac_owner:
+            return {**body, "mac_address": mac}
+    return body
+
+
 def if_match(request: Request, current: int) -> None:
     """Neutron's ``If-Match: revision_number=N``: 412 when the resource moved on."""
     header = request.headers.get("if-match")
@@ -171,7 +186,13 @@ class Handlers:
             raise ApiError(400, f"Bulk body required: {{\"{spec.collection}\": [...]}}")
 
         def op(m: Model) -> list[Resource]:
-            return [spec.create(m, tenancy.check_body(m, c, spec.kind, b)) for b in bodies]
+            out = []
+            for b in bodies:
+                body = tenancy.check_body(m, c, spec.kind, b)
+                if spec.kind == "port":
+                    body = with_random_mac(m, body)
+                out.append(spec.create(m, body))
+            return out
 
         cache = self.server.cache
         with cache.lock:

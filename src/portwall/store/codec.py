@@ -77,14 +77,73 @@ def remove(m: Model, kind: str, rid: str) -> None:
         m.router_interfaces.pop(rid, None)
 
 
+class TrackedDict(dict):  # type: ignore[type-arg]
+    """A Model table that remembers which keys were set or removed since :meth:`reset`,
+    so finding what one operation changed costs O(change), not O(resources)."""
+
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.touched: set[Any] = set()
+
+    def reset(self) -> None:
+        self.touched = set()
+
+    def __setitem__(self, k: Any, v: Any) -> None:
+        self.touched.add(k)
+        super().__setitem__(k, v)
+
+    def __delitem__(self, k: Any) -> None:
+        self.touched.add(k)
+        super().__delitem__(k)
+
+    def pop(self, k: Any, *default: Any) -> Any:
+        self.touched.add(k)
+        return super().pop(k, *default)
+
+    def setdefault(self, k: Any, v: Any = None) -> Any:
+        self.touched.add(k)
+        return super().setdefault(k, v)
+
+    def update(self, *a: Any, **kw: Any) -> None:
+        other = dict(*a, **kw)
+        self.touched |= set(other)
+        super().update(other)
+
+    def popitem(self) -> tuple[Any, Any]:
+        k, v = super().popitem()
+        self.touched.add(k)
+        return k, v
+
+    def clear(self) -> None:
+        self.touched |= set(self)
+        super().clear()
+
+
+def track(m: Model) -> None:
+    """Make the Model's tables :class:`TrackedDict` (once)."""
+    for kind in KINDS:
+        attr = _ATTR[kind]
+        if not isinstance(getattr(m, attr), TrackedDict):
+            setattr(m, attr, TrackedDict(getattr(m, attr)))
+
+
+_ATTR = {"network": "networks", "subnet": "subnets", "port": "ports",
+         "security_group": "security_groups", "router": "routers",
+         "floatingip": "floating_ips", "firewall_rule": "firewall_rules",
+         "firewall_policy": "firewall_policies", "firewall_group": "firewall_groups"}
+
+
 class Snapshot:
     """What a Model held before an operation, to find what the operation changed.
 
-    Stored objects are replaced on change, except a group's rule list (rules are appended)
-    and a floating IP's association fields, which are compared by value."""
+    Stored objects are replaced on change (tracked by the tables), except a group's rule
+    list (rules are appended), a floating IP's association fields and a router's
+    interface list, which are compared by value (few of them)."""
 
     def __init__(self, m: Model) -> None:
-        self.tables = {k: dict(table(m, k)) for k in KINDS}
+        track(m)
+        for kind in KINDS:
+            table(m, kind).reset()
         self.rules = {g: tuple(id(r) for r in sg.security_group_rules)
                       for g, sg in m.security_groups.items()}
         self.fips = {f: _fip_key(x) for f, x in m.floating_ips.items()}
@@ -92,23 +151,23 @@ class Snapshot:
 
     def diff(self, m: Model) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(changed or new, deleted) as (kind, id)."""
-        changed: list[tuple[str, str]] = []
-        deleted: list[tuple[str, str]] = []
-        for kind, before in self.tables.items():
-            now = table(m, kind)
-            for rid, obj in now.items():
-                old: Any = before.get(rid)
-                if old is not obj or (
-                    kind == "security_group"
-                    and self.rules.get(rid) != tuple(id(r) for r in obj.security_group_rules)
-                ) or (kind == "floatingip" and self.fips.get(rid) != _fip_key(obj)) or (
-                    kind == "router"
-                    and self.interfaces.get(rid) != tuple(m.router_interfaces.get(rid, ()))
-                ):
-                    changed.append((kind, rid))
-            if len(before) != len(now) or any(r not in now for r in before):
-                deleted += [(kind, rid) for rid in before if rid not in now]
-        return changed, deleted
+        changed: set[tuple[str, str]] = set()
+        deleted: set[tuple[str, str]] = set()
+        for kind in KINDS:
+            tab = table(m, kind)
+            for rid in tab.touched:
+                (changed if rid in tab else deleted).add((kind, rid))
+        for gid, sg in m.security_groups.items():
+            if self.rules.get(gid) != tuple(id(r) for r in sg.security_group_rules):
+                changed.add(("security_group", gid))
+        for fid, fip in m.floating_ips.items():
+            if self.fips.get(fid) != _fip_key(fip):
+                changed.add(("floatingip", fid))
+        for rid, ports in m.router_interfaces.items():
+            if self.interfaces.get(rid) != tuple(ports) and rid in m.routers:
+                changed.add(("router", rid))
+        deleted = {d for d in deleted if d not in changed}
+        return sorted(changed), sorted(deleted)
 
 
 def _fip_key(f: FloatingIP) -> tuple[object, ...]:
