@@ -77,7 +77,7 @@ def remove(m: Model, kind: str, rid: str) -> None:
         m.router_interfaces.pop(rid, None)
 
 
-class TrackedDict(dict):  # type: ignore[type-arg]
+class TrackedDict(dict[Any, Any]):
     """A Model table that remembers which keys were set or removed since :meth:`reset`,
     so finding what one operation changed costs O(change), not O(resources)."""
 
@@ -127,6 +127,12 @@ def track(m: Model) -> None:
             setattr(m, attr, TrackedDict(getattr(m, attr)))
 
 
+def tracked(m: Model, kind: str) -> TrackedDict:
+    tab = table(m, kind)
+    assert isinstance(tab, TrackedDict)
+    return tab
+
+
 _ATTR = {"network": "networks", "subnet": "subnets", "port": "ports",
          "security_group": "security_groups", "router": "routers",
          "floatingip": "floating_ips", "firewall_rule": "firewall_rules",
@@ -143,7 +149,7 @@ class Snapshot:
     def __init__(self, m: Model) -> None:
         track(m)
         for kind in KINDS:
-            table(m, kind).reset()
+            tracked(m, kind).reset()
         self.rules = {g: tuple(id(r) for r in sg.security_group_rules)
                       for g, sg in m.security_groups.items()}
         self.fips = {f: _fip_key(x) for f, x in m.floating_ips.items()}
@@ -154,7 +160,7 @@ class Snapshot:
         changed: set[tuple[str, str]] = set()
         deleted: set[tuple[str, str]] = set()
         for kind in KINDS:
-            tab = table(m, kind)
+            tab = tracked(m, kind)
             for rid in tab.touched:
                 (changed if rid in tab else deleted).add((kind, rid))
         for gid, sg in m.security_groups.items():
