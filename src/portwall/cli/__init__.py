@@ -5,11 +5,14 @@ from __future__ import annotations
 import click
 
 from portwall import __version__
+from portwall.cli.agent import agent_cmd
 from portwall.cli.analyze import audit_cmd, trace_cmd
 from portwall.cli.core import render_cmd, validate_cmd
 from portwall.cli.demo import demo_cmd
 from portwall.cli.host import apply_cmd, remove_cmd
+from portwall.cli.io import export_cmd, import_cmd
 from portwall.cli.lab import lab_group
+from portwall.cli.server import server_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,3 +41,7 @@ main.add_command(lab_group)
 main.add_command(demo_cmd)
 main.add_command(apply_cmd)
 main.add_command(remove_cmd)
+main.add_command(server_cmd)
+main.add_command(agent_cmd)
+main.add_command(import_cmd)
+main.add_command(export_cmd)
