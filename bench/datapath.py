@@ -9,7 +9,8 @@ Workload: the Neutron peer's own ``gen_ports.py N`` file (every port in ``sg-all
 model with the file's own ids, plus two VM ports (client, server; in ``sg-all`` and
 ``sg-app-0``). Only the two VMs are plugged (a lab sandbox: host namespace, bridge, veth
 pairs); the N other ports are in the plan bound to the host without interfaces, which is all
-iptables and nftables rules need (a backend whose lab bridge is OVS gets dummy devices).
+iptables and nftables rules need (a backend whose lab bridge is OVS gets veth pairs
+plugged into its integration bridge).
 The server accepts tcp/8080, allowed by ``sg-app-0`` for remote group ``sg-all``, so every
 new connection crosses dispatch, anti-spoof, the group chains and a remote-group lookup.
 
@@ -24,6 +25,7 @@ namespace.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -135,13 +137,20 @@ def build(n: int, tmp: Path) -> tuple[Topology, dict[str, Any]]:
     return Topology(m, lab, f"<datapath {n}>"), doc
 
 
-def dummies(host_ns: str, topo: Topology) -> None:
-    """Interfaces for the unplugged ports, for backends that need one per port."""
+def extra_interfaces(host_ns: str, topo: Topology) -> None:
+    """Interfaces for the unplugged ports, for a backend that needs one per port (its lab
+    bridge is OVS): veth pairs (this kernel may lack the dummy driver), plugged into the
+    sandbox's integration bridge by the lab's own OVS helper."""
     plugged = {pid for vm in topo.lab.vms.values() for pid in vm.ports}
-    lines = [f"link add {p.device} type dummy" for p in compile_plan(topo.model).ports
-             if p.id not in plugged]
-    if lines:
-        netns.run(host_ns, ["ip", "-batch", "-"], input="\n".join(lines) + "\n")
+    devices = [p.device for p in compile_plan(topo.model).ports if p.id not in plugged]
+    if not devices:
+        return
+    lines = [f"link add {d} type veth peer name pwx{i}" for i, d in enumerate(devices)]
+    lines += [f"link set {d} up" for d in devices]
+    netns.run(host_ns, ["ip", "-batch", "-"], input="\n".join(lines) + "\n")
+    ovs_host = importlib.import_module("portwall.lab.ovs_host")
+    for d in devices:
+        ovs_host.plug(host_ns, d)
 
 
 def load_peer(host_ns: str, doc: dict[str, Any], tmp: Path) -> float:
@@ -190,7 +199,7 @@ def run_one(enforcer: str, n: int, topo: Topology, doc: dict[str, Any], tmp: Pat
             load_peer(box.host_ns, doc, tmp)
         else:
             if backends.get(enforcer).bridge == "ovs":
-                dummies(box.host_ns, topo)
+                extra_interfaces(box.host_ns, topo)
             apply_policy(box.host_ns, compile_plan(topo.model), enforcer)
         load_s = time.perf_counter() - t
         rate, fails = measure(box, duration, reps)
