@@ -8,7 +8,8 @@ filtering runs in the inet family, which bridge netfilter calls for bridged IP p
   ``ports``: tap -> mark), ARP and neighbour advertisements of filtered ports checked
   against their anti-spoof entries;
 * ``inet portwall raw`` (prerouting -300): NOTRACK when both ends are stateless (or a
-  stateless port and a non-port), then the conntrack zone of the network by bridge;
+  stateless port and a non-port), ending the chain (``ct zone set`` on an untracked packet
+  would attach a fresh template and track it after all); else the network's zone by bridge;
 * ``inet portwall egress`` (prerouting 0, after conntrack): ``meta mark vmap @egress`` ->
   the egress chain of the port's group combination (covers forwarded and to-host traffic);
 * ``bridge portwall forward`` (-200): the mark := the out-port's id;
