@@ -30,7 +30,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workload
-from pyroute2 import IPRoute
 
 from portwall.backends.ovs.apply import OvsApplier
 from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb
