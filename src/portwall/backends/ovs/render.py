@@ -33,6 +33,7 @@ from portwall.ir.types import (
     Action,
     AddressSet,
     HostPlan,
+    IPNetwork,
     Jump,
     Origin,
     OriginKind,
@@ -399,12 +400,6 @@ class _PortFlows:
 
 
 # ------------------------------------------------------------------ the renderer
-@dataclass
-class _MemberCache:
-    aset: AddressSet
-    entries: tuple[tuple[str, str], ...]  # (family field, address text)
-
-
 class OvsRenderer:
     """Renders plan after plan, re-rendering only ports and rule sets that changed."""
 
@@ -416,8 +411,11 @@ class OvsRenderer:
         self._ports: dict[int, tuple[PortPlan, Owner]] = {}
         self._rulesets: dict[int, _RsOut] = {}
         self._sets_key: dict[str, int] = {}
-        self._members: dict[int, _MemberCache] = {}
-        self._member_owners: dict[tuple[int, str, frozenset[int], frozenset[str]], Owner] = {}
+        # set id -> (its AddressSet, the conjunctions using it, its ((table, match), conj))
+        self._contrib: dict[str, tuple[AddressSet, tuple[tuple[int, int, bool], ...],
+                                       frozenset[IPNetwork]]] = {}
+        self._acc: dict[tuple[int, str], dict[tuple[int, str], int]] = {}  # -> (conj, set): n
+        self._mowners: dict[tuple[int, str], Owner] = {}
         self._base = base_owner()
 
     def render(self, plan: HostPlan) -> OvsRuleset:
@@ -464,54 +462,76 @@ class OvsRenderer:
 
     def _add_members(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
         """One flow per (direction table, member address): the conjunction clauses 2/2 of
-        every (rule set, address set) pair whose set holds that address."""
-        users: dict[str, list[tuple[int, int, bool]]] = {}  # set id -> (table, conj, is src)
+        every (rule set, address set) pair whose set holds that address.
+
+        Incremental: each address set's contribution is kept (keyed by the AddressSet
+        object and the conjunctions that use it) and only the addresses of a set that
+        changed are re-counted and re-rendered, so one member more costs O(1) flows and
+        O(that set) work, not O(all members)."""
+        users: dict[str, set[tuple[int, int, bool]]] = {}  # set id -> (table, conj, is src)
         for out in self._rulesets.values():
             ingress = out.rs.direction == "ingress"
             table = F.T_INGRESS_RULES if ingress else F.T_EGRESS_RULES
             for sid, cid in out.conj.items():
-                users.setdefault(sid, []).append((table, cid, ingress))
-        acts: dict[tuple[int, str, str], set[int]] = {}
-        old, self._members = self._members, {}
+                users.setdefault(sid, set()).add((table, cid, ingress))
+        changed: set[tuple[int, str]] = set()
+        for sid in [s for s in self._contrib if s not in users]:
+            _aset, uses_, cidrs_ = self._contrib.pop(sid)
+            changed |= self._count(sid, uses_, cidrs_, -1)
         for sid, uses in users.items():
             aset = plan.address_sets[sid]
-            hit = old.get(id(aset))
-            if hit is None:
-                cidrs = aset.cidrs()
-                hit = _MemberCache(aset, tuple(("ip" if c.version == 4 else "ipv6",
-                                                F.net_text(c) if c.prefixlen else "")
-                                               for c in cidrs))
-            self._members[id(aset)] = hit
-            for table, cid, is_src in uses:
-                for fam, addr in hit.entries:
-                    fld = F.set_field(is_src, 4 if fam == "ip" else 6)
-                    m = f"{fam},{fld}={addr}" if addr else fam
-                    acts.setdefault((table, m, sid), set()).add(cid)
-        merged: dict[tuple[int, str], set[int]] = {}
-        sources: dict[tuple[int, str], set[str]] = {}
-        for (table, m, sid), cids in acts.items():
-            merged.setdefault((table, m), set()).update(cids)
-            sources.setdefault((table, m), set()).add(sid)
-        old_owners, self._member_owners = self._member_owners, {}
-        for (table, m), cids in merged.items():
-            key2 = (table, m, frozenset(cids), frozenset(sources[(table, m)]))
-            prev = old_owners.get(key2)
-            if prev is not None:
-                self._member_owners[key2] = prev
-                self._put(owners, prev)
+            ident = tuple(sorted(uses))
+            hit = self._contrib.get(sid)
+            if hit is not None and hit[0] is aset and hit[1] == ident:
                 continue
-            key = f"{table}:{m}"
-            cookie = F.owner_cookie(F.KIND_MEMBER, key)
-            a = ",".join(f"conjunction({c},2/2)" for c in sorted(cids))
+            cidrs = frozenset(m.cidr for m in aset.members)
+            if hit is not None and hit[1] == ident:  # same users: only the members moved
+                old = hit[2]
+                changed |= self._count(sid, ident, old - cidrs, -1)
+                changed |= self._count(sid, ident, cidrs - old, +1)
+            else:
+                if hit is not None:
+                    changed |= self._count(sid, hit[1], hit[2], -1)
+                changed |= self._count(sid, ident, cidrs, +1)
+            self._contrib[sid] = (aset, ident, cidrs)
+        for key in changed:
+            cnt = self._acc.get(key)
+            if not cnt:
+                self._acc.pop(key, None)
+                self._mowners.pop(key, None)
+                continue
+            table, m = key
+            cookie = F.owner_cookie(F.KIND_MEMBER, f"{table}:{m}")
+            a = ",".join(f"conjunction({c},2/2)" for c in sorted({c for c, _ in cnt}))
             rid = f"member-{m.split('=')[-1] if '=' in m else 'any'}"
-            srcs = sorted(sources[(table, m)])
+            srcs = sorted({sid for _, sid in cnt})
             origin = Origin(OriginKind.GROUP, "address_set", srcs[0], ", ".join(srcs),
                             f"remote-group member {m}")
-            owner = Owner(cookie, f"member {m} of {', '.join(srcs)}",
-                          (Flow(table, F.RULE_PRIORITY, m, a, cookie | 1),),
-                          {cookie | 1: rid}, {rid: origin})
-            self._member_owners[key2] = owner
-            self._put(owners, owner)
+            self._mowners[key] = Owner(cookie, f"member {m} of {', '.join(srcs)}",
+                                       (Flow(table, F.RULE_PRIORITY, m, a, cookie | 1),),
+                                       {cookie | 1: rid}, {rid: origin})
+        for o in self._mowners.values():
+            self._put(owners, o)
+
+    def _count(self, sid: str, uses: tuple[tuple[int, int, bool], ...],
+               cidrs: Iterable[IPNetwork], delta: int) -> set[tuple[int, str]]:
+        """Add (+1) or remove (-1) the clauses ``sid`` puts on each address; the keys
+        (table, match) whose flow must be re-rendered."""
+        keys = set()
+        for c in cidrs:
+            fam = "ip" if c.version == 4 else "ipv6"
+            addr = F.net_text(c) if c.prefixlen else ""
+            for table, cid, is_src in uses:
+                fld = F.set_field(is_src, c.version)
+                key = (table, f"{fam},{fld}={addr}" if addr else fam)
+                cnt = self._acc.setdefault(key, {})
+                n = cnt.get((cid, sid), 0) + delta
+                if n:
+                    cnt[(cid, sid)] = n
+                else:
+                    cnt.pop((cid, sid), None)
+                keys.add(key)
+        return keys
 
     @staticmethod
     def _add_floods(plan: HostPlan, owners: dict[int, Owner]) -> None:
