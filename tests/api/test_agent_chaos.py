@@ -90,8 +90,10 @@ def test_kill9_during_burst_converges_without_blink(lab: Lab, tmp_path: Path) ->
                 Server(box.vm("serverY"), udp=[5353]), \
                 Session(box.vm("serverX"), box.ip("vm0", index=1), 22) as session:
             assert session.connected and session.send()
-            allowed = stream(box.vm("serverX"), box.ip("vm0", index=1), 5353, 0.01)
-            denied = stream(box.vm("serverX"), box.ip("serverY"), 5353, 0.01)
+            # 0.02 s apart: the echo servers' output pipe (read at the end) holds ~3,000
+            # lines, far more than this test sends
+            allowed = stream(box.vm("serverX"), box.ip("vm0", index=1), 5353, 0.02)
+            denied = stream(box.vm("serverX"), box.ip("serverY"), 5353, 0.02)
             try:
                 killed = threading.Event()
 
@@ -112,8 +114,8 @@ def test_kill9_during_burst_converges_without_blink(lab: Lab, tmp_path: Path) ->
                 assert session.send(), "the established session was cut"
             finally:
                 ok, bad = finish(allowed), finish(denied)
-        assert ok.sent > 50 and ok.missing == [], ok
-        assert bad.sent > 50 and bad.received == 0, bad
+        assert ok.sent > 25 and ok.missing == [], ok
+        assert bad.sent > 25 and bad.received == 0, bad
         writer.sync()
         final = compile_plan(writer.model)
         assert policy_drift(box.host_ns, final, box.box.state.backend) == []

@@ -122,7 +122,8 @@ class ModelCache:
             for kind, rid in changed:
                 obj = codec.table(m, kind)[rid]
                 stored.append(txn.put(Record(kind, rid, obj.project_id,
-                                             codec.to_body(m, kind, obj))))
+                                             codec.to_body(m, kind, obj)),
+                                      self.meta.get((kind, rid))))
             for kind, rid in deleted:
                 txn.delete(kind, rid)
             stored += [txn.put(r) for r in extra]

@@ -26,6 +26,8 @@ from portwall.store.schema import changes as t_changes
 from portwall.store.schema import meta as t_meta
 from portwall.store.schema import resources as t_res
 
+#: ``put(prev=UNKNOWN)``: the caller does not know what is stored; read it.
+UNKNOWN = object()
 MIGRATIONS = str(Path(__file__).parent / "migrations")
 
 
@@ -76,9 +78,13 @@ class _SqlTxn:
             sa.select(t_res).where(t_res.c.kind == kind, t_res.c.id == rid)).first()
         return None if row is None else _row_record(row)
 
-    def put(self, record: Record) -> Record:
-        """Insert or replace; bumps the record's revision_number and timestamps."""
-        old = self.get(record.kind, record.id)
+    def put(self, record: Record, prev: Record | object | None = UNKNOWN) -> Record:
+        """Insert or replace; bumps the record's revision_number and timestamps.
+
+        ``prev`` is the stored record as the caller knows it (None: new), which spares a
+        read when the caller's view is current (it wrote with ``expect_revision``)."""
+        old = self.get(record.kind, record.id) if prev is UNKNOWN else prev
+        assert old is None or isinstance(old, Record)
         stamp = now()
         record.revision_number = (old.revision_number + 1) if old else 1
         record.created_at = old.created_at if old else (record.created_at or stamp)
