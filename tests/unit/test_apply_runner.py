@@ -68,7 +68,40 @@ class Cloud:
         return plan, render_iptables(plan)
 
 
-def applier(fake: FakeRunner) -> IptablesApplier:
+def l2_listing(rs: IptablesRuleset) -> str:
+    """What ``nft -j list table bridge portwall_l2`` prints once ``rs``'s bridge table (the
+    ARP/ND guard) is loaded: its sets' elements and its rules' comments."""
+    import json
+
+    from portwall.backends.iptables.l2 import CHAINS, SETS
+
+    want = {e for p in rs.l2.values() for e in p.elements}
+
+    def js(e: tuple[str, ...]) -> object:
+        parts: list[object] = []
+        for x in e:
+            if "/" in x:
+                a, n = x.split("/")
+                parts.append({"prefix": {"addr": a, "len": int(n)}})
+            elif x.startswith("0x") and "-" in x:
+                parts.append({"range": x.split("-")})
+            else:
+                parts.append(x)
+        return {"concat": parts} if len(parts) > 1 else parts[0]
+
+    objs: list[object] = [{"set": {"name": n, "elem": [js(e) for s, e in want if s == n]}}
+                          for n in SETS]
+    objs += [{"rule": {"chain": c, "comment": r.rsplit('comment "', 1)[1].rstrip('"')}}
+             for c, rules in CHAINS.items() for r in rules]
+    return json.dumps({"nftables": objs})
+
+
+def applier(fake: FakeRunner, rs: IptablesRuleset | None = None) -> IptablesApplier:
+    """An applier on ``fake``; with ``rs``, the fake's bridge table reads back as ``rs``'s
+    (what the kernel holds after ``rs`` was applied)."""
+    if rs is not None:
+        listing = l2_listing(rs)
+        fake.nft_list = lambda: listing
     return IptablesApplier(None, runner=fake)
 
 
@@ -85,31 +118,35 @@ def test_first_apply_writes_everything_and_a_second_writes_nothing() -> None:
     first = a.apply(rs, plan)
     assert not first.noop and first.hooks_fixed == 6
     assert [c.split()[0] for c in first.write_commands] == [
-        "ipset", "iptables-nft-restore", "ip6tables-nft-restore"]
+        "nft", "ipset", "iptables-nft-restore", "ip6tables-nft-restore"]
+    assert "table bridge portwall_l2" in fake.nft_batches[0]  # the ARP/ND guard
     assert first.chains_written == sum(len(t.chains) for f in rs.tables.values()
                                        for t in f.values())
     assert set(fake.sets) == set(rs.ipsets)
 
+    applier(fake, rs)  # the fake's bridge table now lists what was written
     fake.log.clear()
     again = a.apply(rs, plan)
     assert again.noop and again.write_commands == [] and not fake.writes
-    assert [argv[0] for argv, _ in fake.log] == [
-        "iptables-nft-save", "ip6tables-nft-save", "ipset"]  # it read, it did not write
+    assert {argv[0] for argv, _ in fake.log} <= {
+        "iptables-nft-save", "ip6tables-nft-save", "ipset", "nft"}  # it read, did not write
     assert a.drift(rs) == []
     # a second applier (no memory of the first) reaches the same decision from the state
-    assert applier(fake).apply(rs, plan).noop
+    second = applier(fake, rs).apply(rs, plan)
+    assert second.noop, second.write_commands
 
 
 def test_only_changed_chains_are_written() -> None:
     cloud, fake = Cloud(), FakeRunner()
     plan, rs = cloud.render()
-    a = applier(fake)
+    a = applier(fake, rs)
     a.apply(rs, plan)
 
     new = cloud.add_port()
     plan2, rs2 = cloud.render()
     fake.log.clear()
     r = a.apply(rs2, plan2)
+    applier(fake, rs2)
     p = plan2.port(new)
     own = {ingress_chain(p), egress_chain(p), spoof_chain(p)}
     assert {c for _, _, c in r.written} == own | {"pw-dispatch", "pw-INPUT"}
@@ -122,19 +159,21 @@ def test_only_changed_chains_are_written() -> None:
         "security_group_id": cloud.web, "direction": "ingress", "protocol": "udp",
         "port_range_min": 53, "port_range_max": 53})
     plan3, rs3 = cloud.render()
+    applier(fake, rs2)  # the bridge table holds rs2's elements
     fake.log.clear()
     fake.writes.clear()
     r = a.apply(rs3, plan3)
     chain = group_chain(plan3.rulesets[f"sg-{cloud.web}-ingress"])
     assert r.written == [(4, "filter", chain)]
-    assert fake.written() == ["iptables-nft-restore --noflush"]  # no IPv6, no ipset
+    assert fake.written() == ["iptables-nft-restore --noflush"]  # no IPv6, ipset, bridge
+    applier(fake, rs3)
     assert a.drift(rs3) == [] and a.apply(rs3, plan3).noop
 
 
 def test_drift_is_seen_and_only_the_damaged_chain_rewritten() -> None:
     cloud, fake = Cloud(), FakeRunner()
     plan, rs = cloud.render()
-    a = applier(fake)
+    a = applier(fake, rs)
     a.apply(rs, plan)
     fake.families[4].tables["filter"]["pw-sg"] = []  # someone flushed it
     web_set = set_name(cloud.web, 4)
@@ -184,8 +223,11 @@ def test_a_refused_rule_is_named_with_its_origin_and_rolled_back(family: IpFamil
         assert err.rolled_back
     assert {f: t.save() for f, t in fake.families.items()} == before
     assert set(fake.sets) == sets_before  # the set created for the new group is gone
+    applier(fake, rs)
     assert a.drift(rs) == []
-    assert a.apply(rs2, plan2).chains_written > 0 and a.drift(rs2) == []
+    assert a.apply(rs2, plan2).chains_written > 0
+    applier(fake, rs2)
+    assert a.drift(rs2) == []
 
 
 def test_a_refused_set_update_stops_before_any_rule_changes() -> None:
@@ -203,7 +245,9 @@ def test_a_refused_set_update_stops_before_any_rule_changes() -> None:
         a.apply(rs2, plan2)
     assert {f: t.save() for f, t in fake.families.items()} == before
     fake.fail = None
-    assert not a.apply(rs2, plan2).noop and a.drift(rs2) == []
+    assert not a.apply(rs2, plan2).noop
+    applier(fake, rs2)
+    assert a.drift(rs2) == []
 
 
 def test_other_programs_rules_survive_and_remove_all_takes_only_ours() -> None:

@@ -62,7 +62,10 @@ def test_render_explains_how_to_load_each_part() -> None:
     assert "--noflush" in head and "flushes the whole filter table" in head
     titles = re.findall(r"^# ---- part \d/\d: (.+) \(\d+ lines?\)$", out, re.M)
     assert titles == ["ipset restore -exist", "iptables-restore --noflush",
-                      "ip6tables-restore --noflush"]
+                      "ip6tables-restore --noflush",
+                      "nft -f - (bridge portwall_l2: ARP/ND guard, tracking)"]
+    loads = re.findall(r"^# load: (.+)$", out, re.M)
+    assert loads[-1] == "ip netns exec NS nft -f - < this-part"  # the command, no remark
     # the legend names every group's chains and sets by group name
     for group in ("ssh", "proxy", "vip"):
         assert re.search(rf"^#   pw-gi\S+ +ingress rules of security group {group}$", out, re.M)

@@ -188,5 +188,5 @@ def render_cmd(file: str, host: str | None, backend: str, parts: tuple[str, ...]
     for i, (title, text) in enumerate(sections, 1):
         lines = text.count("\n")
         click.echo(f"\n# ---- part {i}/{len(sections)}: {title} ({plural(lines, 'line')})")
-        click.echo(f"# load: ip netns exec NS {title} < this-part")
+        click.echo(f"# load: ip netns exec NS {title.split(' (')[0]} < this-part")
         click.echo(text, nl=False)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -201,9 +202,14 @@ def _client(url: str, token: str | None) -> Client:
 @click.option("--token", envvar="PORTWALL_ADMIN_TOKEN", default=None,
               help="Admin token (also PORTWALL_ADMIN_TOKEN).")
 @click.option("--bind-host", default=None, help="Set binding:host_id of the VM ports.")
-def import_cmd(file: str, url: str, token: str | None, bind_host: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Counts as JSON.")
+def import_cmd(file: str, url: str, token: str | None, bind_host: str | None,
+               as_json: bool) -> None:
     """Create the resources of a topology FILE through a portwall server's API."""
     counts = import_topology(file, _client(url, token), bind_host)
+    if as_json:
+        click.echo(json.dumps({"file": file, "imported": counts}))
+        return
     click.echo(f"{file}: imported " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
@@ -213,9 +219,11 @@ def import_cmd(file: str, url: str, token: str | None, bind_host: str | None) ->
               help="Admin token (also PORTWALL_ADMIN_TOKEN).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write here instead of standard output.")
-def export_cmd(url: str, token: str | None, output: str | None) -> None:
-    """Write a portwall server's resources as a topology file (YAML)."""
-    text = yaml.safe_dump(export_topology(_client(url, token)), sort_keys=False)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML (same content).")
+def export_cmd(url: str, token: str | None, output: str | None, as_json: bool) -> None:
+    """Write a portwall server's resources as a topology file (YAML, or JSON with --json)."""
+    doc = export_topology(_client(url, token))
+    text = (json.dumps(doc, indent=2) + "\n") if as_json else yaml.safe_dump(doc, sort_keys=False)
     if output:
         with open(output, "w") as f:
             f.write(text)

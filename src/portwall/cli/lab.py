@@ -232,7 +232,9 @@ def status_cmd(names: tuple[str, ...], opt_name: str | None, as_json: bool) -> N
 @lab_group.command("flows")
 @click.option("--name", default=None, help=f"Sandbox name (default: {DEFAULT_NAME}).")
 @click.option("--hit", is_flag=True, help="Only flows that matched a packet.")
-def flows_cmd(name: str | None, hit: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="{flows: [...], conntrack: [...]} as annotated lines.")
+def flows_cmd(name: str | None, hit: bool, as_json: bool) -> None:
     """OVS sandboxes: flow counters (ovs-ofctl dump-flows) with the portwall resource behind
     each cookie, then the datapath's conntrack entries (like conntrack -L)."""
     from portwall import backends
@@ -249,12 +251,18 @@ def flows_cmd(name: str | None, hit: bool) -> None:
     plan = compile_plan(load_or_exit(box.state.topology).model)
     with b.applier(box.host_ns) as applier:
         ruleset = b.render(plan)
-        click.echo(f"# ovs-ofctl dump-flows br-int (sandbox {box.name}, {box.host_ns})")
-        for line in ovs_report.flow_lines(applier, ruleset, all_flows=not hit):  # type: ignore[arg-type]
-            click.echo(line)
-        click.echo("# conntrack (ovs-appctl dpctl/dump-conntrack)")
-        for line in ovs_report.conntrack_lines(applier, plan):  # type: ignore[arg-type]
-            click.echo(line)
+        flows = ovs_report.flow_lines(applier, ruleset, all_flows=not hit)  # type: ignore[arg-type]
+        conns = ovs_report.conntrack_lines(applier, plan)  # type: ignore[arg-type]
+    if as_json:
+        echo_json({"name": box.name, "host_netns": box.host_ns, "flows": list(flows),
+                   "conntrack": list(conns)})
+        return
+    click.echo(f"# ovs-ofctl dump-flows br-int (sandbox {box.name}, {box.host_ns})")
+    for line in flows:
+        click.echo(line)
+    click.echo("# conntrack (ovs-appctl dpctl/dump-conntrack)")
+    for line in conns:
+        click.echo(line)
 
 
 @lab_group.command("down")

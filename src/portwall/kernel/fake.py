@@ -133,6 +133,11 @@ class FakeRunner(Runner):
     fail: str | None = None
     #: every command with its input, in order, for assertions
     log: list[tuple[list[str], str | None]] = field(default_factory=list)
+    #: every nft batch accepted, in order
+    nft_batches: list[str] = field(default_factory=list)
+    #: what ``nft -j list ...`` prints once a batch was written (set by a test to the JSON
+    #: of the state it expects the kernel to hold); None: "No such file or directory"
+    nft_list: Callable[[], str] | None = None
     #: extra handlers: first argv word -> function(argv, input) -> Result
     handlers: dict[str, Callable[[list[str], str | None], Result]] = field(default_factory=dict)
 
@@ -172,9 +177,25 @@ class FakeRunner(Runner):
             return self._ipset_restore(text or "")
         if tool == "conntrack" and "-L" in argv:
             return Result(0, self.conntrack, "")
+        if tool == "nft":
+            return self._nft(argv, text)
         if tool in ("sh", "conntrack"):
             return Result(0, "", "0 flow entries have been deleted.\n")
         return Result(127, "", f"fake runner: unknown command {' '.join(argv)}")
+
+    def _nft(self, argv: list[str], text: str | None) -> Result:
+        """Just enough nftables for the iptables backend's bridge table (ARP/ND guard):
+        batches are accepted whole (or refused whole on ``fail``) and kept in ``nft_batches``;
+        listing says the table does not exist until a batch was written, then prints
+        ``nft_list()`` (the state the test says the kernel holds)."""
+        if argv[1:3] == ["-f", "-"]:
+            if self.fail is not None and self.fail in (text or ""):
+                return Result(1, "", "Error: refused (fake)\n")
+            self.nft_batches.append(text or "")
+            return Result(0, "", "")
+        if self.nft_list is not None and self.nft_batches:
+            return Result(0, self.nft_list(), "")
+        return Result(1, "", "Error: No such file or directory\n")
 
     def _ipset_save(self) -> str:
         out = []

@@ -36,7 +36,7 @@ class Ruleset:
         return [("ipset restore -exist", ipset_restore_text(self.inner)),
                 ("iptables-restore --noflush", restore_text(self.inner, 4)),
                 ("ip6tables-restore --noflush", restore_text(self.inner, 6)),
-                (f"nft -f (bridge {l2.TABLE}: ARP/ND guard, tracking)", l2_text(self.inner))]
+                (f"nft -f - (bridge {l2.TABLE}: ARP/ND guard, tracking)", l2_text(self.inner))]
 
 
 def l2_text(rs: IptablesRuleset) -> str:

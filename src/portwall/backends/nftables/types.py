@@ -175,5 +175,5 @@ class NftRuleset:
     def sections(self) -> list[tuple[str, str]]:
         from portwall.backends.nftables.text import full_text
 
-        return [("nft -f (replaces portwall's own tables: table inet portwall, "
+        return [("nft -f - (replaces portwall's own tables: table inet portwall, "
                  "table bridge portwall)", full_text(self))]

@@ -105,7 +105,7 @@ class OvsRuleset:
 
     def sections(self) -> list[tuple[str, str]]:
         text = "\n".join(f.text() for f in self.flows()) + "\n"
-        return [(f"ovs-ofctl -O OpenFlow15 --bundle replace-flows {self.bridge} "
+        return [(f"ovs-ofctl -O OpenFlow15 --bundle replace-flows {self.bridge} - "
                  "(devices in {braces} become port numbers)", text)]
 
 
