@@ -111,13 +111,29 @@ def skeleton() -> str:
 
 
 # ------------------------------------------------------------------ elements
-@dataclass(frozen=True, slots=True)
 class L2Port:
-    """What one port puts into the bridge table: (set, element) pairs, deduplicated."""
+    """What one port puts into the bridge table: (set, element) pairs, deduplicated. The
+    elements are worked out when first read (an applier reads only changed ports')."""
 
-    device: str
-    port_id: str
-    elements: frozenset[tuple[str, Element]]
+    __slots__ = ("_elements", "_plan", "device", "port_id")
+
+    def __init__(self, plan: PortPlan) -> None:
+        self.device, self.port_id, self._plan = plan.device, plan.id, plan
+        self._elements: frozenset[tuple[str, Element]] | None = None
+
+    @property
+    def elements(self) -> frozenset[tuple[str, Element]]:
+        if self._elements is None:
+            self._elements = _elements_of(self._plan)
+        return self._elements
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, L2Port) and (self is other or self.elements == other.elements)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"L2Port({self.device})"
 
 
 def _nd(net: ipaddress.IPv6Network) -> Element:
@@ -128,7 +144,11 @@ def _nd(net: ipaddress.IPv6Network) -> Element:
 
 
 def port_elements(p: PortPlan) -> L2Port:
-    """The bridge-table elements of one port (see the module docstring)."""
+    """The bridge-table elements of one port (see the module docstring), lazily."""
+    return L2Port(p)
+
+
+def _elements_of(p: PortPlan) -> frozenset[tuple[str, Element]]:
     dev = p.device
     out: set[tuple[str, Element]] = set()
     macs = {p.mac.lower(), *(e.mac.lower() for e in p.spoof)} - {""}
@@ -152,7 +172,7 @@ def port_elements(p: PortPlan) -> L2Port:
                 net6 = e.cidr or ipaddress.IPv6Network("::/0")
                 assert isinstance(net6, ipaddress.IPv6Network)
                 out.add(("nd6" if net6.prefixlen == 128 else "nd6_net", (dev, mac, *_nd(net6))))
-    return L2Port(dev, p.id, frozenset(out))
+    return frozenset(out)
 
 
 def element_text(elem: Element) -> str:

@@ -185,6 +185,36 @@ def _net_origin(network_id: str, zone: int) -> Origin:
                   f"bridged traffic of network {network_id} (conntrack zone {zone})")
 
 
+def port_origins(ports: Iterable[PortPlan]) -> dict[str, Origin]:
+    """rid -> Origin of every line the renderer writes for ``ports`` (their chains, spoof
+    entries, dispatch and bridge-table elements), in the renderer's own naming. Computed
+    when provenance is read, not on every render."""
+    out: dict[str, Origin] = {}
+    for p in ports:
+        if not p.filtered:
+            out[f"unfiltered-{p.id}"] = Origin(OriginKind.UNFILTERED, "port", p.id, p.name,
+                                               "port security disabled")
+            out[f"l2-{p.device}"] = Origin(OriginKind.UNFILTERED, "port", p.id, p.name,
+                                           f"bridge-table elements of port {p.device}")
+            continue
+        out[f"port-{p.id}"] = Origin(OriginKind.PROVIDER, "port", p.id, p.name,
+                                     f"dispatch of port {p.device}")
+        out[f"l2-{p.device}"] = Origin(OriginKind.SPOOF, "port", p.id, p.name,
+                                       f"ARP/ND guard and tracking of port {p.device}")
+        for step in (*p.ingress, *p.egress):
+            if isinstance(step, Rule):
+                out.setdefault(step.rid, step.origin)
+            elif isinstance(step, Jump):
+                out.setdefault(step.ruleset_id, step.origin)
+            elif isinstance(step, SpoofCheck):
+                out[f"spoof-{p.id}"] = step.origin
+        for family in (4, 6):
+            entries = [e for e in p.spoof if e.family == family]
+            for i, e in enumerate(entries):
+                out[spoof_rid(p, family, i)] = e.origin
+    return out
+
+
 _MISSING = ("<unknown rule set>",)  # a Jump's rule set absent from the plan
 
 
@@ -199,7 +229,6 @@ class _PortOut:
     dispatch: tuple[str, ...]
     inp: tuple[str, ...]
     l2: L2Port  # the port's elements in the bridge table (l2.py)
-    origins: dict[str, Origin]  # comment tag -> resource, for every line above
 
 
 @dataclass(slots=True)
@@ -212,7 +241,6 @@ class _GroupOut:
     name: str
     chain: dict[int, Chain | None]
     jump: dict[int, tuple[str, str] | None]
-    origins: dict[str, Origin]  # rule ids of the chain -> their rules' origins
 
 
 class IptablesRenderer:
@@ -313,7 +341,7 @@ class IptablesRenderer:
 
     def _render_group(self, rsid: str, rs: RuleSet) -> _GroupOut:
         name = group_chain(rs)
-        out = _GroupOut(rs, rsid, name, {}, {}, {r.rid: r.origin for r in rs.rules})
+        out = _GroupOut(rs, rsid, name, {}, {})
         set_accept = _mark(MARK_ACCEPT, MARK_ACCEPT)
         for family in (4, 6):
             rules = [r for r in rs.rules if r.match.family == family]
@@ -355,60 +383,47 @@ class IptablesRenderer:
             return _PortOut(p, frozenset(), {4: (), 6: ()}, (
                 f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} {seen}",
                 f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} {seen}",
-            ), (), port_elements(p), {f"unfiltered-{p.id}": Origin(
-                OriginKind.UNFILTERED, "port", p.id, p.name, "port security disabled"),
-                f"l2-{p.device}": Origin(OriginKind.UNFILTERED, "port", p.id, p.name,
-                                         f"bridge-table elements of port {p.device}")})
+            ), (), port_elements(p))
         ich, och, sch = names
         chains: dict[int, tuple[tuple[str, Chain], ...]] = {}
         used: set[str] = set()  # rule sets the port jumps to (filled while rendering)
-        origins: dict[str, Origin] = {
-            f"port-{p.id}": Origin(OriginKind.PROVIDER, "port", p.id, p.name,
-                                   f"dispatch of port {p.device}"),
-            f"l2-{p.device}": Origin(OriginKind.SPOOF, "port", p.id, p.name,
-                                     f"ARP/ND guard and tracking of port {p.device}")}
         for family in (4, 6):
             jumps = self._jumps[family]
             chains[family] = (
-                (sch, Chain(sch, self._spoof_rules(p, family, origins))),
-                (ich, Chain(ich, self._port_rules(p, p.ingress, family, jumps, sch, used,
-                                                  origins))),
-                (och, Chain(och, self._port_rules(p, p.egress, family, jumps, sch, used,
-                                                  origins))),
+                (sch, Chain(sch, self._spoof_rules(p, family))),
+                (ich, Chain(ich, self._port_rules(p, p.ingress, family, jumps, sch, used))),
+                (och, Chain(och, self._port_rules(p, p.egress, family, jumps, sch, used))),
             )
         tag = _comment(f"port-{p.id}")
         return _PortOut(
             p, frozenset(used), chains,
             (f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
              f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j {och}"),
-            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), port_elements(p), origins)
+            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), port_elements(p))
 
     def _port_rules(self, port: PortPlan, steps: Iterable[object], family: IpFamily,
                     group_jump: Mapping[str, tuple[str, str] | None], spoof: str,
-                    used: set[str], origins: dict[str, Origin]) -> list[str]:
+                    used: set[str]) -> list[str]:
         out = [_PORT_MARK]
         for step in steps:
             if isinstance(step, Rule):
                 if step.match.family == family:
                     out.append(self.rule(step, _ACTION_TARGET[step.action]))
-                    origins[step.rid] = step.origin
             elif isinstance(step, Jump):
                 used.add(step.ruleset_id)
                 jump = group_jump.get(step.ruleset_id)
                 if jump is not None:
                     out += jump
-                    origins[step.ruleset_id] = step.origin
                 elif step.ruleset_id not in group_jump:
                     raise RenderError(f"port {port.id} jumps to unknown rule set {step.ruleset_id}")
             elif isinstance(step, SpoofCheck):
                 out.append(f"{_comment(f'spoof-{port.id}')} -j {spoof}")
-                origins[f"spoof-{port.id}"] = step.origin
             else:  # pragma: no cover - the IR has exactly three step kinds
                 raise RenderError(f"unknown step {step!r}")
         return out
 
     @staticmethod
-    def _spoof_rules(port: PortPlan, family: IpFamily, origins: dict[str, Origin]) -> list[str]:
+    def _spoof_rules(port: PortPlan, family: IpFamily) -> list[str]:
         out: list[str] = []
         for e in port.spoof:
             if e.family != family:
@@ -416,7 +431,6 @@ class IptablesRenderer:
             src = "" if e.cidr is None or not e.cidr.prefixlen else f"-s {_net(e.cidr)} "
             rid = spoof_rid(port, family, len(out))
             out.append(f"{src}-m mac --mac-source {e.mac.lower()} {_comment(rid)} -j RETURN")
-            origins[rid] = e.origin
         out.append(_SPOOF_DROP)
         return out
 
@@ -441,7 +455,8 @@ class IptablesRenderer:
         ruleset.provenance = Provenance([
             STRUCTURAL_ORIGINS, L2_ORIGINS,
             {f"net-{nid}": _net_origin(nid, zone) for nid, zone in bridges.values()},
-            *(g.origins for g in groups), *(out.origins for out in ports)])
+            lambda: {r.rid: r.origin for g in groups for r in g.ruleset.rules},
+            lambda: port_origins(out.plan for out in ports)])
         return ruleset
 
     @staticmethod
