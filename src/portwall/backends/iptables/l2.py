@@ -257,6 +257,14 @@ def describe_drift(state: L2State | None, want: Mapping[str, L2Port]) -> list[st
     return out
 
 
+READ = ["nft", "-j", "list", "table", "bridge", TABLE]
+
+
+def parse_result(res: Result) -> L2State | None:
+    """The output of :data:`READ` (None when the table does not exist)."""
+    return parse_table(res.stdout) if res.returncode == 0 else None
+
+
 # ------------------------------------------------------------------ applying
 @dataclass
 class L2Change:
@@ -286,19 +294,19 @@ class L2Sync:
         self._count: dict[tuple[str, Element], int] = {}
 
     def read(self) -> L2State | None:
-        res = self.runner.run(["nft", "-j", "list", "table", "bridge", TABLE])
-        if res.returncode != 0:
-            return None
-        return parse_table(res.stdout)
+        return parse_result(self.runner.run(READ))
 
     def forget(self) -> None:
         self._synced = None
 
-    def plan(self, want: Mapping[str, L2Port], trusted: bool) -> L2Change:
+    def plan(self, want: Mapping[str, L2Port], trusted: bool,
+             state: L2State | object | None = ...) -> L2Change:
+        """The change to make; ``state`` is the table as just read (None: missing), if the
+        caller read it already, else it is read here when needed."""
         synced = self._synced
         if trusted and synced is not None:
             return self._delta(want, synced)
-        return self._full(want, self.read())
+        return self._full(want, self.read() if state is ... else state)  # type: ignore[arg-type]
 
     def _delta(self, want: Mapping[str, L2Port], synced: dict[str, L2Port]) -> L2Change:
         changed = [d for d, p in want.items() if synced.get(d) is not p]
