@@ -183,8 +183,10 @@ class IptablesApplier:
             f: plan_family(f, _tables_of(ruleset, f), tables.get(f, {}),
                            _in_sync(ruleset, f, synced))
             for f in FAMILIES}
+        # the table as read with iptables-save just now; from the cache: L2Sync reads it
+        # itself if it has no state of its own
         l2change = self._l2.plan(ruleset.l2, trusted=rep.cached_read,
-                                 state=None if rep.cached_read else self._l2_read)
+                                 state=... if rep.cached_read else self._l2_read)
         rep.timings["diff"] = time.perf_counter() - t0 - rep.timings["read"]
         if setplan.empty() and all(s.empty() for s in scripts.values()) and not l2change.script:
             self._l2.commit(l2change)
