@@ -183,14 +183,19 @@ def _na_frames(box: LabBox, sender: str, targets: list[str], dst_mac: str) -> No
     lines = [f"sendp(Ether(src='{mac}', dst='{dst_mac}') / IPv6(src='{src}', dst='ff02::1') / "
              f"ICMPv6ND_NA(tgt='{t}', R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr='{mac}'), "
              "iface='eth0', count=2, inter=0.05, verbose=False)" for t in targets]
+    # last, an allowed NA (own address) to ff02::2: the sniffer's end marker
+    lines.append(f"sendp(Ether(src='{mac}', dst='{dst_mac}') / IPv6(src='{src}', dst='ff02::2')"
+                 f" / ICMPv6ND_NA(tgt='{src}', O=0), iface='eth0', verbose=False)")
     _scapy(box.vm(sender).netns, "\n".join(lines) + "\n")
 
 
 def _sniff_na(box: LabBox, vm: str) -> subprocess.Popen[str]:
-    code = ("from scapy.layers.inet6 import ICMPv6ND_NA\nfrom scapy.sendrecv import sniff\n"
+    code = ("from scapy.layers.inet6 import IPv6, ICMPv6ND_NA\nfrom scapy.sendrecv import sniff\n"
             "import sys\nprint('ready', flush=True)\n"
-            "for p in sniff(iface='eth0', timeout=4, filter='icmp6 and ip6[40] == 136'):\n"
-            "    print(p[ICMPv6ND_NA].tgt, flush=True)\n")
+            "end = lambda p: IPv6 in p and p[IPv6].dst == 'ff02::2'\n"
+            "for p in sniff(iface='eth0', timeout=60, stop_filter=end,\n"
+            "               filter='icmp6 and ip6[40] == 136'):\n"
+            "    if p[IPv6].dst != 'ff02::2': print(p[ICMPv6ND_NA].tgt, flush=True)\n")
     proc = subprocess.Popen(["ip", "netns", "exec", box.vm(vm).netns, sys.executable, "-c", code],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -308,7 +313,9 @@ def test_evaluator_matches_kernel_for_random_arp_and_na(lab: Lab) -> None:
     sniff_code = (
         "from scapy.layers.l2 import ARP\nfrom scapy.layers.inet6 import IPv6, ICMPv6ND_NA\n"
         "from scapy.sendrecv import sniff\nprint('ready', flush=True)\n"
-        "for p in sniff(iface='eth0', timeout=8, filter='arp or (icmp6 and ip6[40] == 136)'):\n"
+        "end = lambda p: ARP in p and p[ARP].pdst == '10.9.255.254'\n"
+        "for p in sniff(iface='eth0', timeout=90, stop_filter=end,\n"
+        "               filter='arp or (icmp6 and ip6[40] == 136)'):\n"
         "    if ARP in p: print('arp', p[ARP].pdst, flush=True)\n"
         "    elif ICMPv6ND_NA in p: print('na', p[IPv6].dst, flush=True)\n")
     proc = subprocess.Popen(["ip", "netns", "exec", box.vm("c").netns, sys.executable, "-c",
@@ -320,6 +327,11 @@ def test_evaluator_matches_kernel_for_random_arp_and_na(lab: Lab) -> None:
         for vm, lines in code.items():
             if lines:
                 _scapy(box.vm(vm).netns, "\n".join(lines) + "\n")
+        # the end marker, from the unfiltered port (never checked), after everything else
+        u_mac = box.mac("u")
+        _scapy(box.vm("u").netns, f"sendp(Ether(src='{u_mac}', dst='{c_mac}') / ARP(op=1, "
+               f"hwsrc='{u_mac}', psrc='10.9.0.40', pdst='10.9.255.254'), iface='eth0', "
+               "verbose=False)\n")
     finally:
         out, _err = proc.communicate(timeout=60)
     got_arp = {ln.split()[1] for ln in out.splitlines() if ln.startswith("arp ")}

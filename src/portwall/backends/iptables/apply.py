@@ -114,12 +114,14 @@ class IptablesApplier:
         # back the same object for an unchanged chain, so identity spares comparing it.
         self._synced: dict[tuple[int, str, str], Chain] = {}
         self._l2 = L2Sync(self.runner)  # the bridge table (ARP/ND guard, tracking marks)
+        self._l2_read: l2.L2State | None = None  # read with the last full iptables-save
 
     # ------------------------------------------------------------------ reading
     def _save_all(self) -> dict[int, FamilyState]:
-        """``iptables-save`` of both families (run side by side)."""
+        """``iptables-save`` of both families and the bridge table (run side by side)."""
         tools = [self._tools[(f, "save")] for f in FAMILIES]
-        results = self.runner.run_all([Job([t]) for t in tools])
+        results = self.runner.run_all([Job([t]) for t in tools] + [Job(l2.READ)])
+        self._l2_read = l2.parse_result(results.pop())
         out: dict[int, FamilyState] = {}
         for fam, tool, res in zip(FAMILIES, tools, results, strict=True):
             if res.returncode != 0:
@@ -184,7 +186,10 @@ class IptablesApplier:
             f: plan_family(f, _tables_of(ruleset, f), tables.get(f, {}),
                            _in_sync(ruleset, f, synced))
             for f in FAMILIES}
-        l2change = self._l2.plan(ruleset.l2, trusted=rep.cached_read)
+        # the table as read with iptables-save just now; from the cache: L2Sync reads it
+        # itself if it has no state of its own
+        l2change = self._l2.plan(ruleset.l2, trusted=rep.cached_read,
+                                 state=... if rep.cached_read else self._l2_read)
         rep.timings["diff"] = time.perf_counter() - t0 - rep.timings["read"]
         if setplan.empty() and all(s.empty() for s in scripts.values()) and not l2change.script:
             self._l2.commit(l2change)

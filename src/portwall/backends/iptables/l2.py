@@ -111,13 +111,29 @@ def skeleton() -> str:
 
 
 # ------------------------------------------------------------------ elements
-@dataclass(frozen=True, slots=True)
 class L2Port:
-    """What one port puts into the bridge table: (set, element) pairs, deduplicated."""
+    """What one port puts into the bridge table: (set, element) pairs, deduplicated. The
+    elements are worked out when first read (an applier reads only changed ports')."""
 
-    device: str
-    port_id: str
-    elements: frozenset[tuple[str, Element]]
+    __slots__ = ("_elements", "_plan", "device", "port_id")
+
+    def __init__(self, plan: PortPlan) -> None:
+        self.device, self.port_id, self._plan = plan.device, plan.id, plan
+        self._elements: frozenset[tuple[str, Element]] | None = None
+
+    @property
+    def elements(self) -> frozenset[tuple[str, Element]]:
+        if self._elements is None:
+            self._elements = _elements_of(self._plan)
+        return self._elements
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, L2Port) and (self is other or self.elements == other.elements)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"L2Port({self.device})"
 
 
 def _nd(net: ipaddress.IPv6Network) -> Element:
@@ -128,7 +144,11 @@ def _nd(net: ipaddress.IPv6Network) -> Element:
 
 
 def port_elements(p: PortPlan) -> L2Port:
-    """The bridge-table elements of one port (see the module docstring)."""
+    """The bridge-table elements of one port (see the module docstring), lazily."""
+    return L2Port(p)
+
+
+def _elements_of(p: PortPlan) -> frozenset[tuple[str, Element]]:
     dev = p.device
     out: set[tuple[str, Element]] = set()
     macs = {p.mac.lower(), *(e.mac.lower() for e in p.spoof)} - {""}
@@ -152,7 +172,7 @@ def port_elements(p: PortPlan) -> L2Port:
                 net6 = e.cidr or ipaddress.IPv6Network("::/0")
                 assert isinstance(net6, ipaddress.IPv6Network)
                 out.add(("nd6" if net6.prefixlen == 128 else "nd6_net", (dev, mac, *_nd(net6))))
-    return L2Port(dev, p.id, frozenset(out))
+    return frozenset(out)
 
 
 def element_text(elem: Element) -> str:
@@ -237,6 +257,14 @@ def describe_drift(state: L2State | None, want: Mapping[str, L2Port]) -> list[st
     return out
 
 
+READ = ["nft", "-j", "list", "table", "bridge", TABLE]
+
+
+def parse_result(res: Result) -> L2State | None:
+    """The output of :data:`READ` (None when the table does not exist)."""
+    return parse_table(res.stdout) if res.returncode == 0 else None
+
+
 # ------------------------------------------------------------------ applying
 @dataclass
 class L2Change:
@@ -266,19 +294,19 @@ class L2Sync:
         self._count: dict[tuple[str, Element], int] = {}
 
     def read(self) -> L2State | None:
-        res = self.runner.run(["nft", "-j", "list", "table", "bridge", TABLE])
-        if res.returncode != 0:
-            return None
-        return parse_table(res.stdout)
+        return parse_result(self.runner.run(READ))
 
     def forget(self) -> None:
         self._synced = None
 
-    def plan(self, want: Mapping[str, L2Port], trusted: bool) -> L2Change:
+    def plan(self, want: Mapping[str, L2Port], trusted: bool,
+             state: L2State | object | None = ...) -> L2Change:
+        """The change to make; ``state`` is the table as just read (None: missing), if the
+        caller read it already, else it is read here when needed."""
         synced = self._synced
         if trusted and synced is not None:
             return self._delta(want, synced)
-        return self._full(want, self.read())
+        return self._full(want, self.read() if state is ... else state)  # type: ignore[arg-type]
 
     def _delta(self, want: Mapping[str, L2Port], synced: dict[str, L2Port]) -> L2Change:
         changed = [d for d, p in want.items() if synced.get(d) is not p]

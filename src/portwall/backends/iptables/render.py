@@ -30,17 +30,24 @@ comment: the IR rule's ``rid`` or a stable tag for structural rules.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
 import itertools
 import re
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from portwall.backends.iptables.l2 import MARK_NOTRACK, L2Port, port_elements
 from portwall.backends.iptables.l2 import ORIGINS as L2_ORIGINS
+from portwall.backends.iptables.spelling import (
+    _SAFE,
+    RenderError,
+    _comment,
+    _has_mark,
+    _mark,
+    _net,
+    match_spec,
+    protocol_spelling,
+)
 from portwall.backends.iptables.types import (
     PREFIX,
     SET_PREFIX,
@@ -56,20 +63,16 @@ from portwall.bulk import cached_build
 from portwall.ir.types import (
     Action,
     AddressSet,
-    CtState,
     Family,
     HostPlan,
     IPNetwork,
     Jump,
-    Match,
     Origin,
     OriginKind,
     PortPlan,
-    PortRange,
     Rule,
     RuleSet,
     SetMember,
-    SetRef,
     SpoofCheck,
 )
 
@@ -91,17 +94,10 @@ CHAIN_NAME_MAX = 28
 #: ipset allows 31 characters; portwall's names stay within 27 so that an applier can add a
 #: 4-character suffix (e.g. ``-new``) for a temporary set it swaps in.
 SET_NAME_MAX = 27
-COMMENT_MAX = 256
 DEFAULT_MAXELEM = 65536
 
 
-class RenderError(ValueError):
-    """The plan cannot be expressed in iptables (e.g. two ports share a device name)."""
-
-
 # --------------------------------------------------------------------------- names
-_SAFE = re.compile(r"[A-Za-z0-9_-]+")
-_UNSAFE_COMMENT = re.compile(r"[\"'\\\x00-\x1f\x7f]")
 
 
 def _ident(text: str, room: int) -> str:
@@ -147,123 +143,6 @@ def set_name(group_id: str, family: Family) -> str:
     return head + _ident(group_id, SET_NAME_MAX - len(head))
 
 
-# ------------------------------------------------------------------------ spelling
-def _comment(text: str) -> str:
-    """``-m comment`` as iptables-save prints it: quoted unless plain (xtables_save_string).
-    Quotes and backslashes, which iptables would escape, are replaced instead."""
-    text = _UNSAFE_COMMENT.sub("_", text)[:COMMENT_MAX] or "-"
-    if _SAFE.fullmatch(text):
-        return f"-m comment --comment {text}"
-    return f'-m comment --comment "{text}"'
-
-
-class _ProtoEnt(ctypes.Structure):
-    _fields_ = [("p_name", ctypes.c_char_p), ("p_aliases", ctypes.c_void_p),
-                ("p_proto", ctypes.c_int)]
-
-
-# iptables' own table (xtables_chain_protos), consulted after the system's protocol database.
-_XTABLES_PROTOS = {6: "tcp", 132: "sctp", 17: "udp", 136: "udplite", 1: "icmp",
-                   58: "ipv6-icmp", 50: "esp", 51: "ah", 135: "ipv6-mh"}
-
-
-@functools.cache
-def protocol_spelling(number: int) -> str:
-    """How iptables-save prints ``-p <number>``: the name libc's ``getprotobynumber`` gives
-    (that is what iptables calls, so /etc/protocols decides), then iptables' built-in names,
-    else the number. "" for 0, which iptables treats as "any protocol" and does not print."""
-    if number == 0:
-        return ""
-    try:
-        fn = ctypes.CDLL(None).getprotobynumber
-        fn.restype = ctypes.POINTER(_ProtoEnt)
-        fn.argtypes = [ctypes.c_int]
-        ent = fn(number)
-        if ent and ent.contents.p_name:
-            return str(ent.contents.p_name.decode())
-    except (OSError, AttributeError):  # no libc symbol: fall back like iptables does
-        pass
-    return _XTABLES_PROTOS.get(number, str(number))
-
-
-def _net(net: IPNetwork) -> str:
-    """An address as iptables prints it: always with the prefix length; IPv6 through
-    inet_ntop (as iptables does), which differs from Python for e.g. ::ffff:a.b.c.d."""
-    if net.version == 6:
-        return f"{socket.inet_ntop(socket.AF_INET6, net.network_address.packed)}/{net.prefixlen}"
-    return str(net)
-
-
-def _range(r: PortRange) -> str:
-    return str(r.lo) if r.lo == r.hi else f"{r.lo}:{r.hi}"
-
-
-_PORT_MODULES = {6: "tcp", 17: "udp", 132: "sctp", 33: "dccp"}
-_CT_ORDER = (CtState.INVALID, CtState.NEW, CtState.RELATED, CtState.ESTABLISHED,
-             CtState.UNTRACKED)
-
-
-def match_spec(m: Match, sets: Mapping[str, str]) -> list[str]:
-    """The match part of a rule, in iptables-save's order: addresses, protocol, then the
-    match modules in the order portwall always adds them (mac, set, ports, icmp, conntrack).
-
-    ``sets`` maps IR set ids to ipset names.
-    """
-    out: list[str] = []
-    set_parts: list[str] = []
-    for flag, direction, addr in (("-s", "src", m.src), ("-d", "dst", m.dst)):
-        if isinstance(addr, SetRef):
-            try:
-                set_parts.append(f"-m set --match-set {sets[addr.set_id]} {direction}")
-            except KeyError:
-                raise RenderError(f"rule refers to unknown address set {addr.set_id}") from None
-        elif addr is not None and addr.prefixlen:  # iptables prints no -s/-d for a /0
-            out.append(f"{flag} {_net(addr)}")
-    proto = m.protocol
-    if proto:
-        out.append(f"-p {protocol_spelling(proto)}")
-    if m.src_mac:
-        out.append(f"-m mac --mac-source {m.src_mac.lower()}")
-    out += set_parts
-    if m.sport is not None or m.dport is not None:
-        out += _port_match(m)
-    if m.icmp_type is not None:
-        code = "" if m.icmp_code is None else f"/{m.icmp_code}"
-        if proto == 1 and m.family == 4:
-            out.append(f"-m icmp --icmp-type {m.icmp_type}{code}")
-        elif proto == 58 and m.family == 6:
-            out.append(f"-m icmp6 --icmpv6-type {m.icmp_type}{code}")
-        else:
-            raise RenderError(f"ICMP type on protocol {proto} in IPv{m.family}")
-    if m.ct:
-        out.append("-m conntrack --ctstate " + ",".join(s.name for s in _CT_ORDER if s in m.ct))
-    return out
-
-
-def _port_match(m: Match) -> list[str]:
-    proto = m.protocol or 0
-    module = _PORT_MODULES.get(proto)
-    if module is not None:
-        spec = f"-m {module}"
-        if m.sport is not None:
-            spec += f" --sport {_range(m.sport)}"
-        if m.dport is not None:
-            spec += f" --dport {_range(m.dport)}"
-        return [spec]
-    if proto == 136:  # udplite has no match module of its own; multiport takes one option
-        return [f"-m multiport --{k} {_range(r)}"
-                for k, r in (("sports", m.sport), ("dports", m.dport)) if r is not None]
-    raise RenderError(f"port match on protocol {proto or 'any'}")
-
-
-def _mark(bits: int, mask: int) -> str:
-    return f"-j MARK --set-xmark {bits:#x}/{mask:#x}"
-
-
-def _has_mark(bits: int) -> str:
-    return f"-m mark --mark {bits:#x}/{bits:#x}"
-
-
 # -------------------------------------------------------------------- structure
 _ACTION_TARGET = {Action.ALLOW: "-j RETURN", Action.DROP: "-j DROP"}
 _PORT_MARK = f"{_comment('pw-port-mark')} {_mark(MARK_SEEN, MARK_MASK)}"
@@ -306,6 +185,36 @@ def _net_origin(network_id: str, zone: int) -> Origin:
                   f"bridged traffic of network {network_id} (conntrack zone {zone})")
 
 
+def port_origins(ports: Iterable[PortPlan]) -> dict[str, Origin]:
+    """rid -> Origin of every line the renderer writes for ``ports`` (their chains, spoof
+    entries, dispatch and bridge-table elements), in the renderer's own naming. Computed
+    when provenance is read, not on every render."""
+    out: dict[str, Origin] = {}
+    for p in ports:
+        if not p.filtered:
+            out[f"unfiltered-{p.id}"] = Origin(OriginKind.UNFILTERED, "port", p.id, p.name,
+                                               "port security disabled")
+            out[f"l2-{p.device}"] = Origin(OriginKind.UNFILTERED, "port", p.id, p.name,
+                                           f"bridge-table elements of port {p.device}")
+            continue
+        out[f"port-{p.id}"] = Origin(OriginKind.PROVIDER, "port", p.id, p.name,
+                                     f"dispatch of port {p.device}")
+        out[f"l2-{p.device}"] = Origin(OriginKind.SPOOF, "port", p.id, p.name,
+                                       f"ARP/ND guard and tracking of port {p.device}")
+        for step in (*p.ingress, *p.egress):
+            if isinstance(step, Rule):
+                out.setdefault(step.rid, step.origin)
+            elif isinstance(step, Jump):
+                out.setdefault(step.ruleset_id, step.origin)
+            elif isinstance(step, SpoofCheck):
+                out[f"spoof-{p.id}"] = step.origin
+        for family in (4, 6):
+            entries = [e for e in p.spoof if e.family == family]
+            for i, e in enumerate(entries):
+                out[spoof_rid(p, family, i)] = e.origin
+    return out
+
+
 _MISSING = ("<unknown rule set>",)  # a Jump's rule set absent from the plan
 
 
@@ -320,7 +229,6 @@ class _PortOut:
     dispatch: tuple[str, ...]
     inp: tuple[str, ...]
     l2: L2Port  # the port's elements in the bridge table (l2.py)
-    origins: dict[str, Origin]  # comment tag -> resource, for every line above
 
 
 @dataclass(slots=True)
@@ -333,7 +241,6 @@ class _GroupOut:
     name: str
     chain: dict[int, Chain | None]
     jump: dict[int, tuple[str, str] | None]
-    origins: dict[str, Origin]  # rule ids of the chain -> their rules' origins
 
 
 class IptablesRenderer:
@@ -434,7 +341,7 @@ class IptablesRenderer:
 
     def _render_group(self, rsid: str, rs: RuleSet) -> _GroupOut:
         name = group_chain(rs)
-        out = _GroupOut(rs, rsid, name, {}, {}, {r.rid: r.origin for r in rs.rules})
+        out = _GroupOut(rs, rsid, name, {}, {})
         set_accept = _mark(MARK_ACCEPT, MARK_ACCEPT)
         for family in (4, 6):
             rules = [r for r in rs.rules if r.match.family == family]
@@ -476,60 +383,47 @@ class IptablesRenderer:
             return _PortOut(p, frozenset(), {4: (), 6: ()}, (
                 f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} {seen}",
                 f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} {seen}",
-            ), (), port_elements(p), {f"unfiltered-{p.id}": Origin(
-                OriginKind.UNFILTERED, "port", p.id, p.name, "port security disabled"),
-                f"l2-{p.device}": Origin(OriginKind.UNFILTERED, "port", p.id, p.name,
-                                         f"bridge-table elements of port {p.device}")})
+            ), (), port_elements(p))
         ich, och, sch = names
         chains: dict[int, tuple[tuple[str, Chain], ...]] = {}
         used: set[str] = set()  # rule sets the port jumps to (filled while rendering)
-        origins: dict[str, Origin] = {
-            f"port-{p.id}": Origin(OriginKind.PROVIDER, "port", p.id, p.name,
-                                   f"dispatch of port {p.device}"),
-            f"l2-{p.device}": Origin(OriginKind.SPOOF, "port", p.id, p.name,
-                                     f"ARP/ND guard and tracking of port {p.device}")}
         for family in (4, 6):
             jumps = self._jumps[family]
             chains[family] = (
-                (sch, Chain(sch, self._spoof_rules(p, family, origins))),
-                (ich, Chain(ich, self._port_rules(p, p.ingress, family, jumps, sch, used,
-                                                  origins))),
-                (och, Chain(och, self._port_rules(p, p.egress, family, jumps, sch, used,
-                                                  origins))),
+                (sch, Chain(sch, self._spoof_rules(p, family))),
+                (ich, Chain(ich, self._port_rules(p, p.ingress, family, jumps, sch, used))),
+                (och, Chain(och, self._port_rules(p, p.egress, family, jumps, sch, used))),
             )
         tag = _comment(f"port-{p.id}")
         return _PortOut(
             p, frozenset(used), chains,
             (f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
              f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} -j {och}"),
-            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), port_elements(p), origins)
+            (f"-m physdev --physdev-in {p.device} {tag} -j {och}",), port_elements(p))
 
     def _port_rules(self, port: PortPlan, steps: Iterable[object], family: IpFamily,
                     group_jump: Mapping[str, tuple[str, str] | None], spoof: str,
-                    used: set[str], origins: dict[str, Origin]) -> list[str]:
+                    used: set[str]) -> list[str]:
         out = [_PORT_MARK]
         for step in steps:
             if isinstance(step, Rule):
                 if step.match.family == family:
                     out.append(self.rule(step, _ACTION_TARGET[step.action]))
-                    origins[step.rid] = step.origin
             elif isinstance(step, Jump):
                 used.add(step.ruleset_id)
                 jump = group_jump.get(step.ruleset_id)
                 if jump is not None:
                     out += jump
-                    origins[step.ruleset_id] = step.origin
                 elif step.ruleset_id not in group_jump:
                     raise RenderError(f"port {port.id} jumps to unknown rule set {step.ruleset_id}")
             elif isinstance(step, SpoofCheck):
                 out.append(f"{_comment(f'spoof-{port.id}')} -j {spoof}")
-                origins[f"spoof-{port.id}"] = step.origin
             else:  # pragma: no cover - the IR has exactly three step kinds
                 raise RenderError(f"unknown step {step!r}")
         return out
 
     @staticmethod
-    def _spoof_rules(port: PortPlan, family: IpFamily, origins: dict[str, Origin]) -> list[str]:
+    def _spoof_rules(port: PortPlan, family: IpFamily) -> list[str]:
         out: list[str] = []
         for e in port.spoof:
             if e.family != family:
@@ -537,7 +431,6 @@ class IptablesRenderer:
             src = "" if e.cidr is None or not e.cidr.prefixlen else f"-s {_net(e.cidr)} "
             rid = spoof_rid(port, family, len(out))
             out.append(f"{src}-m mac --mac-source {e.mac.lower()} {_comment(rid)} -j RETURN")
-            origins[rid] = e.origin
         out.append(_SPOOF_DROP)
         return out
 
@@ -562,7 +455,8 @@ class IptablesRenderer:
         ruleset.provenance = Provenance([
             STRUCTURAL_ORIGINS, L2_ORIGINS,
             {f"net-{nid}": _net_origin(nid, zone) for nid, zone in bridges.values()},
-            *(g.origins for g in groups), *(out.origins for out in ports)])
+            lambda: {r.rid: r.origin for g in groups for r in g.ruleset.rules},
+            lambda: port_origins(out.plan for out in ports)])
         return ruleset
 
     @staticmethod

@@ -8,7 +8,7 @@ the desired state with what the kernel reports chain by chain, as plain strings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,7 +81,8 @@ class Provenance(Mapping[str, Origin]):
     writes. Made of the renderer's per-port and per-group pieces and merged only when
     someone reads it (an apply error, drift, a test), so a render never pays for it."""
 
-    def __init__(self, parts: Sequence[Mapping[str, Origin]] = ()) -> None:
+    def __init__(self, parts: Sequence[Mapping[str, Origin] | Callable[[], Mapping[str, Origin]]]
+                 = ()) -> None:
         self._parts = parts
         self._merged: dict[str, Origin] | None = None
 
@@ -89,7 +90,7 @@ class Provenance(Mapping[str, Origin]):
         if self._merged is None:
             merged: dict[str, Origin] = {}
             for part in self._parts:
-                for k, v in part.items():
+                for k, v in (part() if callable(part) else part).items():
                     merged.setdefault(k, v)
             self._merged = merged
         return self._merged
