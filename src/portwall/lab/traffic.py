@@ -12,6 +12,7 @@ import ipaddress
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -65,20 +66,41 @@ class Server:
                                      stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline().strip()
+        self._lines: list[str] = []
+        self._reader: threading.Thread | None = None
         if first != "ready":
             _, err = self.stop_raw()
             raise LabError(f"probe server in {vm.name} did not start: {first} {err.strip()}")
+        # Drain stdout as it comes: a busy server (thousands of datagrams) would otherwise
+        # fill the pipe, block on its next line and stop echoing.
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
         self._seen: list[str] | None = None
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.append(line)
 
     def stop_raw(self) -> tuple[str, str]:
         if self.proc.poll() is None:
             self.proc.terminate()
+        if self._reader is None:
+            try:
+                out, err = self.proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, err = self.proc.communicate()
+            return out or "", err or ""
         try:
-            out, err = self.proc.communicate(timeout=5)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return out or "", err or ""
+            self.proc.wait()
+        self._reader.join(timeout=5)
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        return "".join(self._lines), err or ""
 
     def stop(self) -> list[str]:
         """Stop (idempotent) and return one line per TCP connection / UDP datagram seen."""
