@@ -63,6 +63,13 @@ class RouterRuleset:
     tables: dict[int, dict[str, list[tuple[str, list[str]]]]]
     provenance: dict[str, Origin] = field(default_factory=dict)
 
+    def table_input(self, family: Family, table: str) -> str:
+        """One table's ``iptables-restore --noflush`` section (hooks excluded)."""
+        chains = self.tables.get(family, {}).get(table, [])
+        out = [f"*{table}", *(f":{name} - [0:0]" for name, _ in chains)]
+        out += [f"-A {name} {r}" for name, rules in chains for r in rules]
+        return "\n".join([*out, "COMMIT"]) + "\n"
+
     def restore_input(self, family: Family) -> str:
         """The ``iptables-restore --noflush`` text for one family (hooks excluded)."""
         out: list[str] = []
@@ -182,7 +189,7 @@ class L3Applier:
     def __init__(self, netns: str, runner: Runner | None = None) -> None:
         self.netns = netns
         self.runner = runner or Runner(netns)
-        self._applied: dict[int, str] = {}
+        self._applied: dict[tuple[int, str], str] = {}
         self._hooked: set[int] = set()
 
     def _hooks(self, family: Family, rs: RouterRuleset) -> str:
@@ -208,20 +215,25 @@ class L3Applier:
         report = ApplyReport("iptables")
         jobs: list[tuple[int, str, Job]] = []
         fams: tuple[Family, ...] = (4, 6)
+        texts: dict[tuple[int, str], str] = {}
         for fam in fams:
-            text = rs.restore_input(fam)
-            if self._applied.get(fam) == text:
+            # only the tables whose text changed (a floating IP touches nat alone): each
+            # table in the input costs iptables-nft a read of that table
+            changed = {t: rs.table_input(fam, t) for t in rs.tables.get(fam, {})}
+            changed = {t: x for t, x in changed.items() if self._applied.get((fam, t)) != x}
+            if not changed:
                 continue
-            # chains before the hooks that jump to them: the restore is one transaction
-            body = text + self._hooks(fam, rs)
-            jobs.append((fam, text, Job(_restore(fam), body)))
+            texts |= {(fam, t): x for t, x in changed.items()}
+            # chains before the hooks that jump to them, all in one restore
+            body = "".join(changed.values()) + self._hooks(fam, rs)
+            jobs.append((fam, body, Job(_restore(fam), body)))
         results = self.runner.run_all([j for _, _, j in jobs], write=True)
-        for (done, text, job), res in zip(jobs, results, strict=True):
+        for (done, _text, job), res in zip(jobs, results, strict=True):
             if res.returncode != 0:
                 self._hooked.discard(done)
                 raise ApplyError(f"router {rs.router_id}: {job.argv[0]} failed",
                                  command=" ".join(job.argv), stderr=res.stderr)
-            self._applied[done] = text
+            self._applied |= {k: v for k, v in texts.items() if k[0] == done}
             report.noop = False
             report.write_commands.append(" ".join(job.argv))
         report.changes["router_restores"] = len(jobs)
