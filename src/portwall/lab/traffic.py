@@ -98,22 +98,10 @@ class Server:
         with self._lock:
             return [ln.strip() for ln in self._lines if ln.strip()]
 
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.append(line)
-
     def stop_raw(self) -> tuple[str, str]:
         """Stop the server; (everything it printed after ``ready``, its stderr)."""
         if self.proc.poll() is None:
             self.proc.terminate()
-        if self._reader is None:
-            try:
-                out, err = self.proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                out, err = self.proc.communicate()
-            return out or "", err or ""
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
