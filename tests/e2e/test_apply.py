@@ -23,6 +23,7 @@ from portwall import backends
 from portwall.backends.base import ApplyReport
 from portwall.backends.iptables.apply import ApplyError, IptablesApplier
 from portwall.backends.iptables.ipset import temp_name
+from portwall.backends.iptables.natguard import remove_guard
 from portwall.backends.iptables.render import (
     egress_chain,
     group_chain,
@@ -34,6 +35,7 @@ from portwall.backends.iptables.render import (
 from portwall.backends.iptables.types import Chain, IpFamily, IptablesRuleset
 from portwall.ir import compile_plan
 from portwall.ir.types import HostPlan, Jump, Rule
+from portwall.kernel.runner import Runner
 from portwall.lab import netns
 from portwall.lab.harness import Lab, LabBox
 from portwall.model import Model, stable_ids
@@ -95,15 +97,17 @@ def save(ns: str, tool: str = "iptables-save") -> str:
 
 
 def foreign_lines(text: str) -> dict[str, list[str]]:
-    """Per table, everything in a save that portwall does not own. A table portwall had to
-    create (e.g. ip6tables' raw) holds nothing else: only its empty built-in chains."""
+    """Per table, everything in a save that portwall does not own (its ``pw-`` chains and the
+    lab's host-NAT guard ``pwguard-nat``). A table portwall had to create (e.g. ip6tables'
+    raw) holds nothing else: only its empty built-in chains."""
     out: dict[str, list[str]] = {}
     table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:]
             out[table] = []
-        elif not re.match(r"(:|-A )pw-", line) and not re.search(r" -[jg] pw-", line):
+        elif not re.match(r"(:|-A )pw(guard)?-", line) and \
+                not re.search(r" -[jg] pw(guard)?-", line):
             out[table].append(line)
     return out
 
@@ -306,6 +310,8 @@ def test_backend_leaves_other_programs_state_byte_for_byte(applier_lab: Lab) -> 
     with b.applier(ns) as a:
         a.remove_all()
         assert a.drift(b.render(compile_plan(box.topo.model)))  # everything is gone now
+    # the lab's host-NAT guard (seed 003) goes as `portwall remove` takes it
+    assert remove_guard(Runner(ns)) and not remove_guard(Runner(ns))
     after = _saves(ns)
     same_foreign(before["iptables-save"], after["iptables-save"])
     same_foreign(before["ip6tables-save"], after["ip6tables-save"])

@@ -66,9 +66,17 @@ def box(backend_name: str) -> Iterator[LabBox]:
 
 
 def tracked(box: LabBox, a: str, b: str) -> bool:
-    """Does the host's conntrack table hold an entry between ``a`` and ``b``?"""
-    out = box.host(["conntrack", "-L"], check=False)
-    return any(f"src={a} dst={b}" in ln or f"src={b} dst={a}" in ln for ln in out.splitlines())
+    """Does the host's conntrack table (the kernel's, or on Open vSwitch the userspace
+    datapath's) hold an entry between ``a`` and ``b``?"""
+    if box.box.ovs:
+        from portwall.backends.ovs.ovsdb import vswitchd_ctl
+
+        out = box.host(["ovs-appctl", "-t", vswitchd_ctl(box.host_ns), "dpctl/dump-conntrack"],
+                       check=False)
+    else:
+        out = box.host(["conntrack", "-L"], check=False)
+    return any(f"src={a},dst={b}" in ln.replace(" ", ",") or
+               f"src={b},dst={a}" in ln.replace(" ", ",") for ln in out.splitlines())
 
 
 def test_stateful_client_and_stateless_server_exchange_tcp_udp_icmp(box: LabBox) -> None:

@@ -70,11 +70,12 @@ def test_defect_cli_exit_codes(tmp_path: Path) -> None:
     f.write_text(DEFECT.replace("ROUTERS", ""))
     args = ["trace", str(f), "--from", "outside", "--to", "app1", "--proto", "tcp",
             "--dport", "8080"]
-    r = CliRunner().invoke(main, args)
+    r = CliRunner().invoke(main, args, env={"COLUMNS": "100"})
     assert r.exit_code == 3, r.output
-    assert "unknown: leaves through gateway 10.50.0.1, which no router models" in r.output
+    assert "unknown: leaves through gateway 10.50.0.1, which no router models" in \
+        " ".join(r.output.split())  # however the terminal's width wrapped it
     f.write_text(DEFECT.replace("ROUTERS", ROUTER))
-    r = CliRunner().invoke(main, args)
+    r = CliRunner().invoke(main, args, env={"COLUMNS": "100"})
     assert r.exit_code == 1 and "app-sg" in r.output
 
 

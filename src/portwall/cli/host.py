@@ -50,6 +50,9 @@ def apply_cmd(file: str, netns: str, backend: str, host: str | None, as_json: bo
     try:
         with be.applier(netns) as applier:
             report = applier.apply(be.render(plan), plan)
+        from portwall.lab.enforce import guard_host_nat
+
+        report.touched += guard_host_nat(netns, plan)  # seed 003: host NAT skips our bridges
     except Exception as e:  # an ApplyError names the line, rule and resource
         fail(str(e))
     if as_json:
@@ -78,12 +81,16 @@ def apply_cmd(file: str, netns: str, backend: str, host: str | None, as_json: bo
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 def remove_cmd(netns: str, backend: str, as_json: bool) -> None:
     """Remove everything portwall owns in namespace NS (its pw- chains, hook jumps and
-    sets), and nothing else."""
+    sets, the host-NAT guard pwguard-nat), and nothing else."""
     be = _backend(backend)
     _require_ns(netns)
     try:
         with be.applier(netns) as applier:
             applier.remove_all()
+        from portwall.backends.iptables.natguard import remove_guard
+        from portwall.kernel.runner import Runner
+
+        remove_guard(Runner(netns))
     except Exception as e:
         fail(str(e))
     if as_json:

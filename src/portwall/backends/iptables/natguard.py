@@ -56,3 +56,18 @@ def ensure_guard(runner: Runner, bridges: Iterable[str]) -> list[str]:
     if not chain_ok:
         changes.append(f"nat guard covers {len(want)} bridges")
     return changes
+
+
+def remove_guard(runner: Runner) -> bool:
+    """Take the guard out of ``nat POSTROUTING`` (hook and chain); True if it was there."""
+    dump = runner.run(["iptables-save", "-t", "nat"]).stdout
+    if f":{CHAIN} " not in dump:
+        return False
+    hooks = sum(1 for ln in dump.splitlines() if ln == f"-A POSTROUTING {HOOK}")
+    lines = ["*nat", *[f"-D POSTROUTING {HOOK}"] * hooks, f"-F {CHAIN}", f"-X {CHAIN}",
+             "COMMIT", ""]
+    res = runner.run(["iptables-restore", "--noflush", "-w"], input="\n".join(lines),
+                     write=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"nat guard: iptables-restore failed: {res.stderr.strip()}")
+    return True
