@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import workload  # bench/workload.py (bench/ is on sys.path when run as a script)
-from nft_apply import peer_dir
+from _peer import peer_dir
 
 from portwall.backends.iptables.apply import IptablesApplier
 from portwall.backends.iptables.render import (

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _peer import peer_dir
+
 from portwall import backends
 from portwall.ir.compile import PlanCompiler
 from portwall.lab import netns
@@ -33,20 +35,6 @@ from portwall.model import Model, stable_ids
 
 HOST = "bench-host"
 PEER_VENV = Path(os.environ.get("NEUTRON_PEER_VENV", "/opt/neutron-peer-venv"))
-
-
-def peer_dir() -> Path:
-    """``PORTWALL_NEUTRON_PEER``, else ``shared/peer/neutron`` beside the project root (or
-    beside the directory of worktrees it lives in)."""
-    env = os.environ.get("PORTWALL_NEUTRON_PEER")
-    if env:
-        return Path(env)
-    root = Path(__file__).resolve().parent.parent
-    for up in (root.parent, root.parent.parent):
-        cand = up / "shared" / "peer" / "neutron"
-        if cand.is_dir():
-            return cand
-    raise SystemExit("Neutron peer not found: set PORTWALL_NEUTRON_PEER")
 
 
 class PeerFile:
