@@ -117,3 +117,33 @@ def test_server_with_agent_and_import(lab: Lab, tmp_path: Path) -> None:
         assert not box.reach("serverX", "serverY")
     finally:
         srv.stop()
+
+
+def _postrouting(ns: str) -> list[str]:
+    out = netns.run(ns, ["iptables-save", "-t", "nat"]).stdout
+    return [ln for ln in out.splitlines() if ln.startswith("-A POSTROUTING ")]
+
+
+def test_agent_keeps_the_host_nat_guard_first(lab: Lab, tmp_path: Path) -> None:
+    """Seed 003 on an agent-run host: docker's MASQUERADE is there before the agent starts,
+    and is flushed and re-added later; the agent's guard ends up first both times."""
+    box: LabBox = lab.up(EXAMPLES / "seed000-router-vm.yaml", apply=False)
+    masq = ["-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE"]
+    netns.run(box.host_ns, ["iptables", "-t", "nat", "-A", "POSTROUTING", *masq])
+    store = open_store(f"sqlite:///{tmp_path}/pw.db")
+    store_model(store, box.topo.model)
+    agent = Agent(store, AgentOptions(host=None, netns=box.host_ns))
+    try:
+        assert agent.step()
+        rules = _postrouting(box.host_ns)
+        assert rules[0] == "-A POSTROUTING -j pwguard-nat" and "MASQUERADE" in rules[1], rules
+        # docker restarts: flushes POSTROUTING and puts its rule back on top
+        netns.run(box.host_ns, ["iptables", "-t", "nat", "-F", "POSTROUTING"])
+        netns.run(box.host_ns, ["iptables", "-t", "nat", "-I", "POSTROUTING", "1", *masq])
+        assert "MASQUERADE" in _postrouting(box.host_ns)[0]
+        agent.repair_drift()  # the periodic check
+        rules = _postrouting(box.host_ns)
+        assert rules[0] == "-A POSTROUTING -j pwguard-nat" and len(rules) == 2, rules
+    finally:
+        agent.stop()
+        store.close()

@@ -64,6 +64,7 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._last_report = 0.0
         self._last_resync = time.monotonic()
+        self._guarded: frozenset[str] | None = None  # bridges the host-NAT guard covers
 
     # ---------------------------------------------------------------- the work
     def resync(self) -> None:
@@ -73,6 +74,7 @@ class Agent:
         self.renderer = self.backend.renderer()
         if self.applier is None:
             self.applier = self.backend.applier(self.opts.netns)
+        self._guarded = None  # re-check the guard: another program may have moved it
         self.enforce()
 
     def enforce(self) -> None:
@@ -83,6 +85,7 @@ class Agent:
             self.plan = self.compiler.compile(self.cache.model)
         self.ruleset = self.renderer.render(self.plan)
         report = self.applier.apply(self.ruleset, self.plan)
+        self._guard_host_nat()
         self.metrics.apply_seconds.observe(time.perf_counter() - t0)
         counts = self.ruleset.counts()
         self.metrics.rules.set(counts.get("rules", counts.get("flows", 0)))
@@ -93,6 +96,20 @@ class Agent:
         self.applied_revision = revision
         self.metrics.applied_revision.set(revision)
         self.last_error = ""
+
+    def _guard_host_nat(self) -> None:
+        """Seed 003: keep foreign host NAT (docker's MASQUERADE) off bridged tenant traffic.
+        Checked when the host's bridges change and on every resync / drift check (one
+        ``iptables-save -t nat``), not on every change, so a change costs no extra read."""
+        from portwall.lab.enforce import guard_host_nat
+
+        assert self.plan is not None
+        bridges = frozenset({p.bridge for p in self.plan.ports} | {
+            i.bridge for r in self.plan.routers.values() for i in r.all_interfaces()})
+        if bridges != self._guarded:
+            for line in guard_host_nat(self.opts.netns, self.plan):
+                log.info("%s: %s", self.opts.host, line)
+            self._guarded = bridges
 
     def step(self) -> bool:
         """Follow the feed once; True when something was enforced."""
@@ -121,6 +138,8 @@ class Agent:
                 fresh.apply(self.ruleset, self.plan)
                 self.drift_repairs += 1
                 self.metrics.drift_repairs.inc()
+        self._guarded = None
+        self._guard_host_nat()
         # The cached applier's view of the kernel is stale now: start a new one.
         self.applier.close()
         self.applier = self.backend.applier(self.opts.netns)

@@ -37,7 +37,7 @@ def apply_policy(host_ns: str, plan: HostPlan, backend: str | None = None) -> Po
     return PolicyReport(b.name, not report.noop, report.summary(), report)
 
 
-def guard_host_nat(host_ns: str, plan: HostPlan) -> list[str]:
+def guard_host_nat(host_ns: str | None, plan: HostPlan) -> list[str]:
     """Seed 003: keep foreign host NAT off bridged tenant traffic, whatever the backend
     (:mod:`portwall.backends.iptables.natguard`); re-checked on every apply."""
     from portwall.backends.iptables.natguard import ensure_guard
