@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -46,7 +47,11 @@ def _dump(obj: Any, **kw: Any) -> dict[str, Any]:
 def import_topology(file: str, client: Client, bind_host: str | None = None) -> dict[str, int]:
     """Create every resource of ``file`` through the API, keeping its ids. Default groups
     are the server's own (ids mapped); their extra rules are added."""
-    m = load_or_exit(file).model
+    topo = load_or_exit(file)
+    m = topo.model
+    # Which lab VM owns each port: Nova writes the instance into device_id; so do we, so a
+    # sandbox built from the server (`portwall lab up --server`) finds the same VMs.
+    vm_of = {pid: vm.name for vm in topo.lab.vms.values() for pid in vm.ports}
     counts: dict[str, int] = {}
 
     def made(kind: str) -> None:
@@ -93,6 +98,9 @@ def import_topology(file: str, client: Client, bind_host: str | None = None) -> 
             body.pop("security_groups")
         if bind_host is not None and not p.is_trusted:
             body["binding:host_id"] = bind_host
+        if p.id in vm_of and not p.device_id:
+            body["device_id"] = vm_of[p.id]
+            body["device_owner"] = p.device_owner or "compute:portwall-lab"
         client.create("ports", "port", body)
         made("ports")
     for rid, router in m.routers.items():
@@ -188,6 +196,40 @@ def export_topology(client: Client) -> dict[str, Any]:
                       ("firewall_groups", "fwaas/firewall_groups")):
         doc[key] = [_clean(x) for x in client.list(path, key)]
     return {k: v for k, v in doc.items() if v}
+
+
+def lab_from_server(doc: dict[str, Any]) -> dict[str, Any]:
+    """A ``lab:`` section for an exported document: one VM per ``device_id`` (the instance
+    that owns the port, as Nova sets it), ports in name order; ports without one are a VM
+    each. VM names are the device id (or port name) cut to what the lab accepts.
+
+    Routing is inferred the way a Neutron user wires it: a VM holding some subnet's
+    ``gateway_ip`` is that subnet's router (it forwards); any other VM uses its first
+    subnet's gateway."""
+    gateways = {s["id"]: s.get("gateway_ip") for s in doc.get("subnets", [])}
+    gateway_ips = {g for g in gateways.values() if g}
+    owners: dict[str, list[dict[str, Any]]] = {}
+    for port in doc.get("ports", []):
+        if (port.get("device_owner") or "").startswith("network:"):
+            continue
+        key = port.get("device_id") or port.get("name") or port["id"]
+        owners.setdefault(key, []).append(port)
+    vms: dict[str, Any] = {}
+    for owner, ports in sorted(owners.items()):
+        base = re.sub(r"[^A-Za-z0-9_-]", "-", owner).strip("-_")[:12] or "vm"
+        name, n = base, 1
+        while name in vms:
+            n += 1
+            name = f"{base[:10]}{n}"
+        ports = sorted(ports, key=lambda p: p.get("name", ""))
+        ips = [f for p in ports for f in p.get("fixed_ips", [])]
+        vm: dict[str, Any] = {"ports": [p["id"] for p in ports]}
+        if any(f.get("ip_address") in gateway_ips for f in ips):
+            vm["forward"] = True
+        elif ips and gateways.get(ips[0].get("subnet_id")):
+            vm["gateway"] = gateways[ips[0]["subnet_id"]]
+        vms[name] = vm
+    return {"vms": vms}
 
 
 def _client(url: str, token: str | None) -> Client:

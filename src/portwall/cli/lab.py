@@ -110,14 +110,25 @@ def require_root() -> None:
 
 
 @lab_group.command("up")
-@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.argument("file", type=click.Path(dir_okay=False, exists=True), required=False)
 @click.option("--name", default=DEFAULT_NAME, show_default=True, help="Sandbox name.")
 @click.option("--no-policy", is_flag=True, help="Wire the VMs but apply no policy.")
 @click.option("--backend", type=click.Choice(backends.names()), default=backends.DEFAULT,
               show_default=True, help="Dataplane that enforces the policy.")
+@click.option("--server", "server", default=None, metavar="URL",
+              help="Build from a portwall server's resources instead of FILE (one VM per "
+                   "port device_id; the file is kept beside the sandbox's state).")
+@click.option("--token", envvar="PORTWALL_ADMIN_TOKEN", default=None,
+              help="Admin token for --server (also PORTWALL_ADMIN_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
-def up_cmd(file: str, name: str, no_policy: bool, backend: str, as_json: bool) -> None:
-    """Build a sandbox from FILE and apply its policy."""
+def up_cmd(file: str | None, name: str, no_policy: bool, backend: str, server: str | None,
+           token: str | None, as_json: bool) -> None:
+    """Build a sandbox from FILE (or from a server's resources) and apply its policy."""
+    if (file is None) == (server is None):
+        fail("give a topology FILE or --server URL (one of them)")
+    if server is not None:
+        file = _file_from_server(server, token, name)
+    assert file is not None
     topo = load_or_exit(file, as_json)
     out = console()
     try:
@@ -133,6 +144,22 @@ def up_cmd(file: str, name: str, no_policy: bool, backend: str, as_json: bool) -
     out.print(f"sandbox [bold]{box.name}[/bold] is up on {box.state.backend} "
               f"(host namespace {box.host_ns})")
     print_report(report, out, chains=0)
+
+
+def _file_from_server(url: str, token: str | None, name: str) -> str:
+    """The server's resources as a topology file with a lab section, written beside the
+    sandbox's state so `lab apply`, `lab check` and `lab down` find it later."""
+    import yaml
+
+    from portwall.cli.io import _client, export_topology, lab_from_server
+
+    doc = export_topology(_client(url, token))
+    doc["lab"] = lab_from_server(doc)
+    path = st.state_dir() / f"{st.check_name(name)}.server.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# exported from {url} by `portwall lab up --server`\n"
+                    + yaml.safe_dump(doc, sort_keys=False))
+    return str(path)
 
 
 @lab_group.command("apply")

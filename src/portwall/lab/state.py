@@ -123,6 +123,8 @@ def load(name: str) -> SandboxState:
 def remove(name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         state_path(name).unlink()
+    with contextlib.suppress(FileNotFoundError):  # written by `lab up --server`
+        (state_dir() / f"{check_name(name)}.server.yaml").unlink()
 
 
 def names() -> list[str]:
