@@ -99,13 +99,14 @@ def list_ports(url: str, reps: int) -> tuple[list[float], int]:
     return lat, n
 
 
-def change_to_enforced(url: str, changes: int) -> tuple[list[float], dict[str, int]]:
+def change_to_enforced(url: str, changes: int, backend: str | None = None
+                       ) -> tuple[list[float], dict[str, int]]:
     """PUT an address-pair change on a port of the agent's host; time until enforced."""
     ns = netns.unique_name("pwb-api")
     netns.create(ns)
     store = HttpStore(url, TOKEN)
     store.wait = 5.0
-    agent = Agent(store, AgentOptions(host=HOST, netns=ns, poll_interval=0.0,
+    agent = Agent(store, AgentOptions(host=HOST, netns=ns, poll_interval=0.0, backend=backend,
                                       resync_interval=3600, heartbeat_interval=3600))
     try:
         agent.start_thread()
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=50)
     ap.add_argument("--list-reps", type=int, default=10)
     ap.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
+    ap.add_argument("--backend", default="iptables", help="the agent's dataplane backend")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="pw-bench-api-"))
@@ -175,7 +177,7 @@ def main() -> None:
             assert n == size, (n, size)
             rows.append((size, pct(window, 50), pct(window, 99), statistics.mean(window) * 1000,
                          pct(llat, 50), pct(llat, 99)))
-        clat, counts = change_to_enforced(srv.url, args.changes)
+        clat, counts = change_to_enforced(srv.url, args.changes, args.backend)
     finally:
         srv.stop()
         if pg is not None:
@@ -189,7 +191,7 @@ def main() -> None:
         print(f"| {size:,} | {c50:.1f} | {c99:.1f} | {cm:.1f} | {l50:.0f} | {l99:.0f} |")
     print(f"\ncreate latencies: the last 1,000 creates before each size. API change -> "
           f"enforced ({args.changes} address-pair updates on the agent's {args.host_ports} "
-          f"ports, iptables in a namespace, {counts.get('rules', 0):,} rules; the agent's"
+          f"ports, {args.backend} in a namespace, {counts.get('rules', 0):,} rules; the agent's"
           f" compile+render+apply mean {counts['apply_mean_us'] / 1000:.1f} ms):")
     print(f"\n| change -> enforced p50 ms | p99 ms |\n|---|---|\n| {pct(clat, 50):.1f} |"
           f" {pct(clat, 99):.1f} |")
