@@ -32,6 +32,7 @@ from portwall.backends.iptables.render import (
     set_name,
     spoof_chain,
 )
+from portwall.backends.iptables.snapshot import comment_of
 from portwall.backends.iptables.types import IptablesRuleset
 from portwall.ir import compile_plan
 from portwall.ir.types import (
@@ -67,14 +68,23 @@ def seed000(pairs: bool = False) -> Model:
 
 
 _SPOOF_RID = re.compile(r"--comment (spoof-[0-9a-f-]+-v[46]-\d+) ")
+_NOTED = re.compile(r'--comment "(\S+) [^"]*"')
+
+
+def rid_only(rule: str) -> str:
+    """``rule`` with its comment cut to the rid (the names after it are checked by
+    test_comments_carry_group_and_port_names), quoted as iptables-save would."""
+    return _NOTED.sub(lambda m: f"--comment {m[1]}" if re.fullmatch(r"[\w-]+", m[1])
+                      else f'--comment "{m[1]}"', rule)
 
 
 def chain(rs: IptablesRuleset, family: int, name: str, table: str = "filter") -> list[str]:
-    """A chain's rules, each anti-spoof entry's comment (``spoof-<port>-<n>``) shown as
-    ``spoof-<kind>`` through the ruleset's provenance (so the provenance is checked too)."""
+    """A chain's rules with comments cut to the rid, each anti-spoof entry's
+    (``spoof-<port>-<n>``) shown as ``spoof-<kind>`` through the ruleset's provenance (so
+    the provenance is checked too)."""
     rules = rs.tables[family][table].chains[name].rules  # type: ignore[index]
-    return [_SPOOF_RID.sub(lambda m: f"--comment spoof-{rs.provenance[m[1]].kind.value} ", r)
-            for r in rules]
+    return [_SPOOF_RID.sub(lambda m: f"--comment spoof-{rs.provenance[m[1]].kind.value} ",
+                           rid_only(r)) for r in rules]
 
 
 def port(plan: HostPlan, name: str) -> PortPlan:
@@ -422,7 +432,8 @@ def test_names_comments_and_references(text: str | None) -> None:
         assert len(s.name) <= SET_NAME_MAX and s.name.startswith(f"pw{s.family}-")
     # IR rules are written with their rid
     rids = {r.rid for rs_ in plan.rulesets.values() for r in rs_.rules}
-    comments = {m.group(1) for _, r in all_rules(rs) for m in [re.search(r"--comment (\S+)", r)] if m}
+    comments = {m.group(1) for _, r in all_rules(rs)
+                for m in [re.search(r'--comment "?([^" ]+)', r)] if m}
     assert rids <= comments
 
 
@@ -511,7 +522,9 @@ def test_rule_actions_map_to_return_and_drop() -> None:
 
 
 # ----------------------------------------------------------------- provenance
-_COMMENT = re.compile(r'--comment ("[^"]*"|\S+)')
+def rids_in(text: str) -> set[str]:
+    """The rid of every commented line, read the way the applier reads iptables-save."""
+    return {rid for line in text.splitlines() for rid in [comment_of(line)] if rid}
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
@@ -523,7 +536,7 @@ def test_every_comment_tag_has_an_origin(example: str) -> None:
     plan = compile_plan(model)
     rs = render_iptables(plan)
     text = restore_text(rs, 4) + restore_text(rs, 6)
-    tags = {m.strip('"') for m in _COMMENT.findall(text)}
+    tags = rids_in(text)
     assert tags, "the ruleset has no comments at all?"
     missing = sorted(t for t in tags if t not in rs.provenance)
     assert not missing, missing
@@ -534,7 +547,8 @@ def test_every_comment_tag_has_an_origin(example: str) -> None:
         for fam in (4, 6):
             raw = rs.tables[fam]["filter"].chains[spoof_chain(p)].rules  # type: ignore[index]
             for r in raw[:-1]:  # every entry; the last line is the shared drop
-                rid = _COMMENT.findall(r)[0]
+                rid = comment_of(r)
+                assert rid is not None
                 assert rs.provenance[rid].resource_id == p.id, (rid, rs.provenance[rid])
         assert rs.provenance[f"spoof-{p.id}"].resource_id == p.id
 
@@ -549,7 +563,7 @@ def test_incremental_render_keeps_provenance_complete() -> None:
     model.update_port("vm0-net1", {"allowed_address_pairs": [{"ip_address": "10.0.2.0/24"}]})
     plan = compiler.compile(model)
     rs = renderer.render(plan)
-    tags = {m.strip('"') for m in _COMMENT.findall(restore_text(rs, 4) + restore_text(rs, 6))}
+    tags = rids_in(restore_text(rs, 4) + restore_text(rs, 6))
     assert tags <= set(rs.provenance)
     pair = [rid for rid, o in rs.provenance.items()
             if o.resource_id == plan.port("vm0-net1").id and "10.0.2.0/24" in o.detail]
