@@ -649,3 +649,79 @@ def test_bridge_table_parses_back_what_it_writes() -> None:
              for c, rules in CHAINS.items() for r in rules]
     state = parse_table(json.dumps({"nftables": objs}))
     assert state.skeleton_ok and state.elements == want
+
+
+# ------------------------------------------------------------- names in comments
+_ODD = """
+project: odd
+networks: [{name: n, subnets: [{name: s, cidr: 10.3.0.0/24}]}]
+security_groups:
+  - name: 'web "front" tier'
+    security_group_rules:
+      - {direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: 22,
+         port_range_max: 22, remote_ip_prefix: 10.0.0.0/8}
+ports:
+  - {name: "web 1 \\\\ it's", network_id: n, fixed_ips: [10.3.0.5],
+     security_groups: ['web "front" tier']}
+"""
+
+
+def _comment_text(rule: str) -> str:
+    m = re.search(r'--comment ("[^"]*"|\S+)', rule)
+    assert m, rule
+    return m[1].strip('"')
+
+
+def test_comments_carry_group_and_port_names_and_provenance_maps_every_rid() -> None:
+    plan = compile_plan(load(SEED001))
+    rs = render_iptables(plan)
+    texts = {_comment_text(r) for _, r in all_rules(rs)}
+    by_rid = {t.split()[0]: t for t in texts}
+    for rsid, ruleset in plan.rulesets.items():
+        for r in ruleset.rules:  # group rule: rid, group, direction, protocol/port
+            words = by_rid[r.rid].split()
+            assert words[:4] == [r.rid, "group", ruleset.group_name, ruleset.direction], words
+        if ruleset.rules:  # the port's jump to the group names the group
+            assert by_rid[rsid] == f"{rsid} group {ruleset.group_name}"
+    ssh = next(by_rid[r.rid] for g in plan.rulesets.values() for r in g.rules
+               if r.match.dport is not None and r.match.dport.lo == 22)
+    assert ssh.endswith(" ingress tcp/22"), ssh
+    for p in plan.ports:
+        assert by_rid[f"port-{p.id}"] == f"port-{p.id} port {p.name}"
+        assert by_rid[f"spoof-{p.id}"] == f"spoof-{p.id} port {p.name}"
+        assert by_rid[f"spoof-{p.id}-v4-0"] == f"spoof-{p.id}-v4-0 port {p.name}"
+    # the applier's parser reads the rid back from every line, and each rid has an origin
+    text = restore_text(rs, 4) + restore_text(rs, 6)
+    rids = rids_in(text)
+    assert rids == set(by_rid) | {"pw-hook"} and not rids - set(rs.provenance)
+    assert rs.provenance[f"port-{plan.ports[0].id}"].resource_name == plan.ports[0].name
+
+
+def test_odd_names_become_one_safe_token_and_comments_stay_short() -> None:
+    plan = compile_plan(load(_ODD))
+    rs = render_iptables(plan)
+    p = next(q for q in plan.ports if q.name.startswith("web"))
+    texts = [_comment_text(r) for _, r in all_rules(rs)]
+    assert f"port-{p.id} port web_1_it_s" in texts  # spaces, quotes, backslash -> "_"
+    assert any(t.split()[1:4] == ["group", "web_front_tier", "ingress"] for t in texts), texts
+    for _, r in all_rules(rs):
+        m = re.search(r'--comment ("[^"]*"|\S+) -', r)
+        assert m and len(m[1].strip('"')) <= 255 and "\\" not in m[1] and "'" not in m[1], r
+        assert comment_of(r) in rs.provenance, r
+    long = compile_plan(load(_ODD.replace("web 1", "w" * 300)))
+    rules = [r for _, r in all_rules(render_iptables(long))]
+    assert max(len(_comment_text(r)) for r in rules) <= 255
+
+
+def test_renaming_a_group_rewrites_its_comments_in_the_incremental_renderer() -> None:
+    from portwall.backends.iptables.render import IptablesRenderer
+    from portwall.ir.compile import PlanCompiler
+
+    model = load(SEED001)
+    compiler, renderer = PlanCompiler(), IptablesRenderer()
+    renderer.render(compiler.compile(model))
+    model.update_security_group("ssh", {"name": "ssh-admins"})
+    plan = compiler.compile(model)
+    text = restore_text(renderer.render(plan), 4)
+    assert " group ssh-admins ingress tcp/22" in text and " group ssh " not in text
+    assert text == restore_text(render_iptables(plan), 4)
