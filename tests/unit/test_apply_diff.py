@@ -72,7 +72,9 @@ def test_canonical_spec_unquotes_plain_comments_only() -> None:
 
 def test_comment_of_reads_quoted_and_plain_comments() -> None:
     assert comment_of("-m comment --comment sgr-1 -j RETURN") == "sgr-1"
-    assert comment_of('-s 1.2.3.4/32 -m comment --comment "a b.c" -j DROP') == "a b.c"
+    # the rid is the first token; names for people follow it
+    assert comment_of('-s 1.2.3.4/32 -m comment --comment "a.c b d" -j DROP') == "a.c"
+    assert comment_of('-m comment --comment "sgr-1 group web ingress tcp/22" -j MARK') == "sgr-1"
     assert comment_of("-j ACCEPT") is None
 
 

@@ -461,7 +461,7 @@ def test_rule_text_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         renderer.render(compiler.compile(m))
         gone.append(pid)
         m.delete_port(pid)
-    cached = {rule.rid for rule, _text in renderer._rule_text.values()}
+    cached = {rule.rid for rule, _note, _text in renderer._rule_text.values()}
     assert not any(rid.startswith(f"prov-dhcp-reply-{pid}") for pid in gone[:10]
                    for rid in cached)
     plan = compiler.compile(m)

@@ -32,6 +32,7 @@ from portwall.backends.iptables.render import (
     set_name,
     spoof_chain,
 )
+from portwall.backends.iptables.snapshot import comment_of
 from portwall.backends.iptables.types import IptablesRuleset
 from portwall.ir import compile_plan
 from portwall.ir.types import (
@@ -67,14 +68,23 @@ def seed000(pairs: bool = False) -> Model:
 
 
 _SPOOF_RID = re.compile(r"--comment (spoof-[0-9a-f-]+-v[46]-\d+) ")
+_NOTED = re.compile(r'--comment "(\S+) [^"]*"')
+
+
+def rid_only(rule: str) -> str:
+    """``rule`` with its comment cut to the rid (the names after it are checked by
+    test_comments_carry_group_and_port_names), quoted as iptables-save would."""
+    return _NOTED.sub(lambda m: f"--comment {m[1]}" if re.fullmatch(r"[\w-]+", m[1])
+                      else f'--comment "{m[1]}"', rule)
 
 
 def chain(rs: IptablesRuleset, family: int, name: str, table: str = "filter") -> list[str]:
-    """A chain's rules, each anti-spoof entry's comment (``spoof-<port>-<n>``) shown as
-    ``spoof-<kind>`` through the ruleset's provenance (so the provenance is checked too)."""
+    """A chain's rules with comments cut to the rid, each anti-spoof entry's
+    (``spoof-<port>-<n>``) shown as ``spoof-<kind>`` through the ruleset's provenance (so
+    the provenance is checked too)."""
     rules = rs.tables[family][table].chains[name].rules  # type: ignore[index]
-    return [_SPOOF_RID.sub(lambda m: f"--comment spoof-{rs.provenance[m[1]].kind.value} ", r)
-            for r in rules]
+    return [_SPOOF_RID.sub(lambda m: f"--comment spoof-{rs.provenance[m[1]].kind.value} ",
+                           rid_only(r)) for r in rules]
 
 
 def port(plan: HostPlan, name: str) -> PortPlan:
@@ -422,7 +432,8 @@ def test_names_comments_and_references(text: str | None) -> None:
         assert len(s.name) <= SET_NAME_MAX and s.name.startswith(f"pw{s.family}-")
     # IR rules are written with their rid
     rids = {r.rid for rs_ in plan.rulesets.values() for r in rs_.rules}
-    comments = {m.group(1) for _, r in all_rules(rs) for m in [re.search(r"--comment (\S+)", r)] if m}
+    comments = {m.group(1) for _, r in all_rules(rs)
+                for m in [re.search(r'--comment "?([^" ]+)', r)] if m}
     assert rids <= comments
 
 
@@ -511,7 +522,9 @@ def test_rule_actions_map_to_return_and_drop() -> None:
 
 
 # ----------------------------------------------------------------- provenance
-_COMMENT = re.compile(r'--comment ("[^"]*"|\S+)')
+def rids_in(text: str) -> set[str]:
+    """The rid of every commented line, read the way the applier reads iptables-save."""
+    return {rid for line in text.splitlines() for rid in [comment_of(line)] if rid}
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
@@ -523,7 +536,7 @@ def test_every_comment_tag_has_an_origin(example: str) -> None:
     plan = compile_plan(model)
     rs = render_iptables(plan)
     text = restore_text(rs, 4) + restore_text(rs, 6)
-    tags = {m.strip('"') for m in _COMMENT.findall(text)}
+    tags = rids_in(text)
     assert tags, "the ruleset has no comments at all?"
     missing = sorted(t for t in tags if t not in rs.provenance)
     assert not missing, missing
@@ -534,7 +547,8 @@ def test_every_comment_tag_has_an_origin(example: str) -> None:
         for fam in (4, 6):
             raw = rs.tables[fam]["filter"].chains[spoof_chain(p)].rules  # type: ignore[index]
             for r in raw[:-1]:  # every entry; the last line is the shared drop
-                rid = _COMMENT.findall(r)[0]
+                rid = comment_of(r)
+                assert rid is not None
                 assert rs.provenance[rid].resource_id == p.id, (rid, rs.provenance[rid])
         assert rs.provenance[f"spoof-{p.id}"].resource_id == p.id
 
@@ -549,7 +563,7 @@ def test_incremental_render_keeps_provenance_complete() -> None:
     model.update_port("vm0-net1", {"allowed_address_pairs": [{"ip_address": "10.0.2.0/24"}]})
     plan = compiler.compile(model)
     rs = renderer.render(plan)
-    tags = {m.strip('"') for m in _COMMENT.findall(restore_text(rs, 4) + restore_text(rs, 6))}
+    tags = rids_in(restore_text(rs, 4) + restore_text(rs, 6))
     assert tags <= set(rs.provenance)
     pair = [rid for rid, o in rs.provenance.items()
             if o.resource_id == plan.port("vm0-net1").id and "10.0.2.0/24" in o.detail]
@@ -635,3 +649,79 @@ def test_bridge_table_parses_back_what_it_writes() -> None:
              for c, rules in CHAINS.items() for r in rules]
     state = parse_table(json.dumps({"nftables": objs}))
     assert state.skeleton_ok and state.elements == want
+
+
+# ------------------------------------------------------------- names in comments
+_ODD = """
+project: odd
+networks: [{name: n, subnets: [{name: s, cidr: 10.3.0.0/24}]}]
+security_groups:
+  - name: 'web "front" tier'
+    security_group_rules:
+      - {direction: ingress, ethertype: IPv4, protocol: tcp, port_range_min: 22,
+         port_range_max: 22, remote_ip_prefix: 10.0.0.0/8}
+ports:
+  - {name: "web 1 \\\\ it's", network_id: n, fixed_ips: [10.3.0.5],
+     security_groups: ['web "front" tier']}
+"""
+
+
+def _comment_text(rule: str) -> str:
+    m = re.search(r'--comment ("[^"]*"|\S+)', rule)
+    assert m, rule
+    return m[1].strip('"')
+
+
+def test_comments_carry_group_and_port_names_and_provenance_maps_every_rid() -> None:
+    plan = compile_plan(load(SEED001))
+    rs = render_iptables(plan)
+    texts = {_comment_text(r) for _, r in all_rules(rs)}
+    by_rid = {t.split()[0]: t for t in texts}
+    for rsid, ruleset in plan.rulesets.items():
+        for r in ruleset.rules:  # group rule: rid, group, direction, protocol/port
+            words = by_rid[r.rid].split()
+            assert words[:4] == [r.rid, "group", ruleset.group_name, ruleset.direction], words
+        if ruleset.rules:  # the port's jump to the group names the group
+            assert by_rid[rsid] == f"{rsid} group {ruleset.group_name}"
+    ssh = next(by_rid[r.rid] for g in plan.rulesets.values() for r in g.rules
+               if r.match.dport is not None and r.match.dport.lo == 22)
+    assert ssh.endswith(" ingress tcp/22"), ssh
+    for p in plan.ports:
+        assert by_rid[f"port-{p.id}"] == f"port-{p.id} port {p.name}"
+        assert by_rid[f"spoof-{p.id}"] == f"spoof-{p.id} port {p.name}"
+        assert by_rid[f"spoof-{p.id}-v4-0"] == f"spoof-{p.id}-v4-0 port {p.name}"
+    # the applier's parser reads the rid back from every line, and each rid has an origin
+    text = restore_text(rs, 4) + restore_text(rs, 6)
+    rids = rids_in(text)
+    assert rids == set(by_rid) | {"pw-hook"} and not rids - set(rs.provenance)
+    assert rs.provenance[f"port-{plan.ports[0].id}"].resource_name == plan.ports[0].name
+
+
+def test_odd_names_become_one_safe_token_and_comments_stay_short() -> None:
+    plan = compile_plan(load(_ODD))
+    rs = render_iptables(plan)
+    p = next(q for q in plan.ports if q.name.startswith("web"))
+    texts = [_comment_text(r) for _, r in all_rules(rs)]
+    assert f"port-{p.id} port web_1_it_s" in texts  # spaces, quotes, backslash -> "_"
+    assert any(t.split()[1:4] == ["group", "web_front_tier", "ingress"] for t in texts), texts
+    for _, r in all_rules(rs):
+        m = re.search(r'--comment ("[^"]*"|\S+) -', r)
+        assert m and len(m[1].strip('"')) <= 255 and "\\" not in m[1] and "'" not in m[1], r
+        assert comment_of(r) in rs.provenance, r
+    long = compile_plan(load(_ODD.replace("web 1", "w" * 300)))
+    rules = [r for _, r in all_rules(render_iptables(long))]
+    assert max(len(_comment_text(r)) for r in rules) <= 255
+
+
+def test_renaming_a_group_rewrites_its_comments_in_the_incremental_renderer() -> None:
+    from portwall.backends.iptables.render import IptablesRenderer
+    from portwall.ir.compile import PlanCompiler
+
+    model = load(SEED001)
+    compiler, renderer = PlanCompiler(), IptablesRenderer()
+    renderer.render(compiler.compile(model))
+    model.update_security_group("ssh", {"name": "ssh-admins"})
+    plan = compiler.compile(model)
+    text = restore_text(renderer.render(plan), 4)
+    assert " group ssh-admins ingress tcp/22" in text and " group ssh " not in text
+    assert text == restore_text(render_iptables(plan), 4)

@@ -25,7 +25,9 @@ bridge table marked untracked, then a conntrack zone per network. The bridge tab
 Rules are stored without ``-A <chain>`` and in ``iptables-save``'s canonical spelling
 (checked against iptables 1.8.9, nft and legacy backends, by ``tests/e2e/test_render_loads.py``)
 so the applier can compare desired and actual chains as plain strings. Every rule carries a
-comment: the IR rule's ``rid`` or a stable tag for structural rules.
+comment: the IR rule's ``rid`` or a stable tag for structural rules, as its first token; rules
+of a security group, a group jump or a port add the names behind them for people
+(``sgr-<id> group web ingress tcp/22``, ``port-<id> port web-1``; :func:`.spelling.name_token`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 
 from portwall.backends.iptables.l2 import MARK_NOTRACK, L2Port, port_elements
 from portwall.backends.iptables.l2 import ORIGINS as L2_ORIGINS
+from portwall.backends.iptables.notes import group_note, port_note, rule_note
 from portwall.backends.iptables.spelling import (
     _SAFE,
     RenderError,
@@ -263,7 +266,8 @@ class IptablesRenderer:
 
     def _reset(self) -> None:
         self.sets: dict[str, str] = {}  # IR set id -> ipset name, as of the last render
-        self._rule_text: dict[int, tuple[Rule, str]] = {}  # id(rule) -> match + comment
+        # id(rule) -> (rule, note, match + comment); the note (names) is checked on a hit
+        self._rule_text: dict[int, tuple[Rule, str, str]] = {}
         self._rule_text_limit = 0
         self._names: dict[int, tuple[PortPlan, tuple[str, str, str]]] = {}
         self._groups: dict[int, _GroupOut] = {}
@@ -291,13 +295,14 @@ class IptablesRenderer:
             self._rule_text.clear()
             self._rule_text_limit = 0
 
-    def rule(self, rule: Rule, target: str) -> str:
-        """Match + comment, cached per IR rule object, then the target."""
+    def rule(self, rule: Rule, target: str, note: str = "") -> str:
+        """Match + comment (rid, then ``note``), cached per IR rule object, then the target."""
         hit = self._rule_text.get(id(rule))
-        if hit is None:
-            text = " ".join([*match_spec(rule.match, self.sets), _comment(rule.rid)])
-            hit = self._rule_text[id(rule)] = (rule, text)  # keeps the rule alive: id stays valid
-        return f"{hit[1]} {target}"
+        if hit is None or hit[1] != note:
+            text = " ".join([*match_spec(rule.match, self.sets), _comment(rule.rid, note)])
+            # keeps the rule alive: id stays valid
+            hit = self._rule_text[id(rule)] = (rule, note, text)
+        return f"{hit[2]} {target}"
 
     def _port_names(self, plan: HostPlan) -> dict[str, tuple[str, str, str]]:
         """Each port's (ingress, egress, spoof) chain; refuses two ports on one name."""
@@ -346,8 +351,9 @@ class IptablesRenderer:
         for family in (4, 6):
             rules = [r for r in rs.rules if r.match.family == family]
             if rules:
-                out.chain[family] = Chain(name, [self.rule(r, set_accept) for r in rules])
-                out.jump[family] = (f"{_comment(rsid)} -j {name}", _GROUP_ACCEPT)
+                out.chain[family] = Chain(name, [self.rule(r, set_accept, rule_note(rs, r))
+                                                 for r in rules])
+                out.jump[family] = (f"{_comment(rsid, group_note(rs))} -j {name}", _GROUP_ACCEPT)
             else:
                 out.chain[family] = out.jump[family] = None
         return out
@@ -379,7 +385,7 @@ class IptablesRenderer:
     def _render_port(self, p: PortPlan, names: tuple[str, str, str]) -> _PortOut:
         seen = _mark(MARK_SEEN, MARK_SEEN)
         if not p.filtered:
-            tag = _comment(f"unfiltered-{p.id}")
+            tag = _comment(f"unfiltered-{p.id}", port_note(p))
             return _PortOut(p, frozenset(), {4: (), 6: ()}, (
                 f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} {seen}",
                 f"-m physdev --physdev-in {p.device} --physdev-is-bridged {tag} {seen}",
@@ -394,7 +400,7 @@ class IptablesRenderer:
                 (ich, Chain(ich, self._port_rules(p, p.ingress, family, jumps, sch, used))),
                 (och, Chain(och, self._port_rules(p, p.egress, family, jumps, sch, used))),
             )
-        tag = _comment(f"port-{p.id}")
+        tag = _comment(f"port-{p.id}", port_note(p))
         return _PortOut(
             p, frozenset(used), chains,
             (f"-m physdev --physdev-out {p.device} --physdev-is-bridged {tag} -j {ich}",
@@ -417,7 +423,7 @@ class IptablesRenderer:
                 elif step.ruleset_id not in group_jump:
                     raise RenderError(f"port {port.id} jumps to unknown rule set {step.ruleset_id}")
             elif isinstance(step, SpoofCheck):
-                out.append(f"{_comment(f'spoof-{port.id}')} -j {spoof}")
+                out.append(f"{_comment(f'spoof-{port.id}', port_note(port))} -j {spoof}")
             else:  # pragma: no cover - the IR has exactly three step kinds
                 raise RenderError(f"unknown step {step!r}")
         return out
@@ -430,7 +436,8 @@ class IptablesRenderer:
                 continue
             src = "" if e.cidr is None or not e.cidr.prefixlen else f"-s {_net(e.cidr)} "
             rid = spoof_rid(port, family, len(out))
-            out.append(f"{src}-m mac --mac-source {e.mac.lower()} {_comment(rid)} -j RETURN")
+            out.append(f"{src}-m mac --mac-source {e.mac.lower()} "
+                       f"{_comment(rid, port_note(port))} -j RETURN")
         out.append(_SPOOF_DROP)
         return out
 

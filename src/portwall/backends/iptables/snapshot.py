@@ -52,13 +52,13 @@ def canonical_spec(spec: str) -> str:
 
 
 def comment_of(spec: str) -> str | None:
-    """The ``-m comment`` text of a rule (portwall writes the IR rule id there)."""
+    """The rule id in a rule's ``-m comment``: its first token (portwall writes the IR rule
+    id there, then names for people, e.g. ``sgr-1 group web ingress tcp/22``)."""
     m = _COMMENT.search(spec)
     if not m:
         return None
-    if m.group(1) is not None:
-        return re.sub(r"\\(.)", r"\1", m.group(1))
-    return m.group(2)
+    text = re.sub(r"\\(.)", r"\1", m.group(1)) if m.group(1) is not None else m.group(2)
+    return text.split(maxsplit=1)[0] if text.strip() else text
 
 
 @dataclass

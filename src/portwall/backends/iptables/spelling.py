@@ -14,9 +14,13 @@ from collections.abc import Mapping
 
 from portwall.ir.types import CtState, IPNetwork, Match, PortRange, SetRef
 
-COMMENT_MAX = 256
+#: xt_comment refuses comments of 256 bytes or more (XT_MAX_COMMENT_LEN counts the NUL)
+COMMENT_MAX = 255
+#: A human name in a comment: one token of a safe charset, at most this long
+NAME_MAX = 48
 _SAFE = re.compile(r"[A-Za-z0-9_-]+")
 _UNSAFE_COMMENT = re.compile(r"[\"'\\\x00-\x1f\x7f]")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/-]+")
 
 
 class RenderError(ValueError):
@@ -24,10 +28,20 @@ class RenderError(ValueError):
 
 
 # ------------------------------------------------------------------------ spelling
-def _comment(text: str) -> str:
+def name_token(name: str) -> str:
+    """A user's name (group, port) as one comment token: spaces, quotes and anything
+    outside ``[A-Za-z0-9_.:/-]`` become ``_``, so the rid stays the comment's first token
+    and the text needs no escaping in iptables-restore."""
+    return _NAME_UNSAFE.sub("_", name.strip())[:NAME_MAX] or "-"
+
+
+def _comment(text: str, note: str = "") -> str:
     """``-m comment`` as iptables-save prints it: quoted unless plain (xtables_save_string).
-    Quotes and backslashes, which iptables would escape, are replaced instead."""
+    Quotes and backslashes, which iptables would escape, are replaced instead. ``note``
+    (names for people) follows the rid after a space; every parser reads the first token."""
     text = _UNSAFE_COMMENT.sub("_", text)[:COMMENT_MAX] or "-"
+    if note:
+        text = f"{text} {_UNSAFE_COMMENT.sub('_', note)}"[:COMMENT_MAX].rstrip()
     if _SAFE.fullmatch(text):
         return f"-m comment --comment {text}"
     return f'-m comment --comment "{text}"'
