@@ -8,7 +8,9 @@ with Neutron's IptablesFirewallDriver on the same file in the same run.
 Per size N: the peer's file (``gen_ports.py N``) loaded into portwall's model (same ids,
 so the same tap names); a full sync into an empty namespace, split compile / render /
 apply, next to a bare ``nft -f`` of the same ruleset text (nftables only); then, with a
-long-lived compiler, renderer and applier (what a running agent keeps), ``--inc-reps``
+long-lived compiler, renderer and applier (what a running agent keeps; like the
+agent after its resync, the full build's objects are then frozen out of the cyclic GC),
+``--inc-reps``
 times each: one new port, one new remote-group member (a port on another host joins
 ``sg-all``), one changed rule; p50 and p99 of model change -> kernel and of each part.
 Everything runs in namespaces made here and deleted at the end.
