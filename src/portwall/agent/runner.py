@@ -9,6 +9,7 @@ repaired when it drifted. Status and the last applied revision go to ``/v2.0/age
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -68,7 +69,13 @@ class Agent:
 
     # ---------------------------------------------------------------- the work
     def resync(self) -> None:
-        """Load everything from the store and enforce it (start-up, compaction)."""
+        """Load everything from the store and enforce it (start-up, compaction).
+
+        The full build's objects (model, plan, renderer caches: millions at 10,000 ports)
+        are then frozen out of the cyclic GC: they live as long as the agent, and otherwise
+        their one-time promotion through the GC generations lands on a later change as a
+        0.1-1 s collection (measured: the render p99 of bench/apply.py)."""
+        gc.unfreeze()  # the previous build's objects may be collected again
         self.cache = ModelCache(self.store)
         self.compiler = PlanCompiler(self.opts.host)
         self.renderer = self.backend.renderer()
@@ -76,6 +83,7 @@ class Agent:
             self.applier = self.backend.applier(self.opts.netns)
         self._guarded = None  # re-check the guard: another program may have moved it
         self.enforce()
+        gc.freeze()
 
     def enforce(self) -> None:
         assert self.cache is not None
