@@ -27,6 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "api"))
 
+from _progress import step
 from serverproc import TOKEN, ServerProcess
 
 from portwall.agent.httpstore import HttpStore
@@ -164,19 +165,23 @@ def main() -> None:
         db = pg.create_database()
     else:
         db = f"sqlite:///{tmp}/bench.db"
+    step(f"starting portwall server ({'PostgreSQL' if args.pg else 'SQLite'})")
     srv = ServerProcess(db).start(tmp)
     rows = []
     try:
         net, groups = setup(srv.url, subnets=1)
         have = 0
         for size in sizes:
+            step(f"creating ports {have:,} -> {size:,} ({args.clients} clients)")
             lat = create_ports(srv.url, net, groups, have, size, args.clients, args.host_ports)
             window = lat[-min(1000, len(lat)):]
             have = size
+            step(f"listing {size:,} ports x {args.list_reps}")
             llat, n = list_ports(srv.url, args.list_reps)
             assert n == size, (n, size)
             rows.append((size, pct(window, 50), pct(window, 99), statistics.mean(window) * 1000,
                          pct(llat, 50), pct(llat, 99)))
+        step(f"{args.changes} changes -> enforced by the agent ({args.backend})")
         clat, counts = change_to_enforced(srv.url, args.changes, args.backend)
     finally:
         srv.stop()

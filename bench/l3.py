@@ -28,6 +28,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from _progress import step  # bench/ is on sys.path when run as a script
+
 from portwall.backends.iptables.l3 import L3Applier, L3Renderer, reconcile_router
 from portwall.ir.compile import PlanCompiler
 from portwall.ir.l3 import RouterPlan
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=200)
     ap.add_argument("--workers", type=int, default=8)
     a = ap.parse_args()
+    step(f"building {a.routers} routers x {a.fips} floating IPs")
     t0 = time.perf_counter()
     m = build(a.routers, a.fips)
     t_model = time.perf_counter() - t0
@@ -87,6 +90,7 @@ def main() -> None:
     names = {rid: netns.unique_name("pwb-l3") for rid in plan.routers}
     appliers: dict[str, L3Applier] = {}
     try:
+        step(f"creating {len(names)} router namespaces, then the full sync")
         t0 = time.perf_counter()
         for ns in names.values():
             netns.create(ns)
@@ -97,6 +101,7 @@ def main() -> None:
             list(pool.map(lambda rid: appliers[rid].apply(rulesets[rid]), list(rulesets)))
         t_sync = time.perf_counter() - t0
 
+        step(f"{a.ops} floating IP changes, one at a time")
         # one floating IP at a time: disassociate, then associate again
         fip_ids = sorted(m.floating_ips)
         prev: dict[str, RouterPlan] = dict(plan.routers)

@@ -7,7 +7,7 @@ import json
 import shutil
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -46,11 +46,12 @@ def short(rid: str) -> str:
 
 
 @contextmanager
-def progress(description: str, enabled: bool = True) -> Iterator[None]:
+def progress(description: str, enabled: bool = True) -> Iterator[Callable[[str], None]]:
     """A spinner with elapsed time on stderr while long work runs (only on a terminal;
-    stdout is left alone, so tables and JSON stay clean)."""
+    stdout is left alone, so tables and JSON stay clean). Yields ``step(text)``, which shows
+    where the work is ("VM 3/20 web-3") after the description."""
     if not enabled or not sys.stderr.isatty():
-        yield
+        yield lambda text: None
         return
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -58,8 +59,8 @@ def progress(description: str, enabled: bool = True) -> Iterator[None]:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True, redirect_stdout=False,
                   redirect_stderr=False) as bar:
-        bar.add_task(description, total=None)
-        yield
+        task = bar.add_task(description, total=None)
+        yield lambda text: bar.update(task, description=f"{description}: {text}")
 
 
 def echo_json(doc: Any) -> None:

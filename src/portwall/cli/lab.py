@@ -133,8 +133,9 @@ def up_cmd(file: str | None, name: str, no_policy: bool, backend: str, server: s
     out = console()
     try:
         with progress(f"building sandbox {name}: {len(topo.lab.vms)} VMs, "
-                      f"{len(topo.model.ports)} ports", enabled=not as_json):
-            box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend)
+                      f"{len(topo.model.ports)} ports", enabled=not as_json) as step:
+            box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend,
+                                     on_step=step)
     except LabError as e:
         fail(str(e))
     if as_json:
@@ -343,8 +344,9 @@ def check_cmd(file: str, name: str | None, timeout: float, backend: str, as_json
             results = run_checks(box, topo.lab.expect, timeout, topo)
         else:
             with progress(f"building a temporary sandbox for {len(topo.lab.vms)} VMs",
-                          enabled=not as_json):
-                tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}", backend=backend)
+                          enabled=not as_json) as step:
+                tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}", backend=backend,
+                                    on_step=step)
             if not as_json:
                 out.print(f"temporary sandbox {tmp.name} on {tmp.state.backend} "
                           "(removed afterwards)")

@@ -18,7 +18,7 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,8 @@ class Sandbox:
     # -------------------------------------------------------------------- up
     @classmethod
     def up(cls, topo: Topology, name: str, *, apply: bool = True,
-           backend: str | None = None) -> tuple[Sandbox, LabReport]:
+           backend: str | None = None,
+           on_step: Callable[[str], None] | None = None) -> tuple[Sandbox, LabReport]:
         """Create a sandbox for ``topo`` enforced by ``backend`` (the default one when None).
         On any failure everything created is removed."""
         st.check_name(name)
@@ -125,10 +126,14 @@ class Sandbox:
             try:
                 box._create_host()
                 report.changes.append(f"host namespace {state.host_netns}")
-                for vm in want.values():
+                step = on_step or (lambda text: None)
+                for i, vm in enumerate(want.values(), 1):
+                    step(f"VM {i}/{len(want)} {vm.name}")
                     box._add_vm(vm, report)
+                step("routers")
                 box._sync_l3(topo, plan, report)
                 if apply:
+                    step(f"applying the policy ({state.backend})")
                     report.policy = apply_policy(state.host_netns, plan, state.backend)
             except BaseException:
                 _only_in(box.pid)
