@@ -23,7 +23,6 @@ from portwall import backends
 from portwall.backends.base import ApplyReport
 from portwall.backends.iptables.apply import ApplyError, IptablesApplier
 from portwall.backends.iptables.ipset import temp_name
-from portwall.backends.iptables.natguard import remove_guard
 from portwall.backends.iptables.render import (
     egress_chain,
     group_chain,
@@ -35,6 +34,7 @@ from portwall.backends.iptables.render import (
 from portwall.backends.iptables.types import Chain, IpFamily, IptablesRuleset
 from portwall.ir import compile_plan
 from portwall.ir.types import HostPlan, Jump, Rule
+from portwall.kernel.natguard import remove_guard
 from portwall.kernel.runner import Runner
 from portwall.lab import netns
 from portwall.lab.harness import Lab, LabBox

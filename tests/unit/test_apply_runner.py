@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from l2listing import l2_listing
 
 from portwall.backends.iptables.apply import ApplyError, IptablesApplier
 from portwall.backends.iptables.render import (
@@ -66,34 +67,6 @@ class Cloud:
     def render(self) -> tuple[HostPlan, IptablesRuleset]:
         plan = compile_plan(self.m, host=HOST)
         return plan, render_iptables(plan)
-
-
-def l2_listing(rs: IptablesRuleset) -> str:
-    """What ``nft -j list table bridge portwall_l2`` prints once ``rs``'s bridge table (the
-    ARP/ND guard) is loaded: its sets' elements and its rules' comments."""
-    import json
-
-    from portwall.backends.iptables.l2 import CHAINS, SETS
-
-    want = {e for p in rs.l2.values() for e in p.elements}
-
-    def js(e: tuple[str, ...]) -> object:
-        parts: list[object] = []
-        for x in e:
-            if "/" in x:
-                a, n = x.split("/")
-                parts.append({"prefix": {"addr": a, "len": int(n)}})
-            elif x.startswith("0x") and "-" in x:
-                parts.append({"range": x.split("-")})
-            else:
-                parts.append(x)
-        return {"concat": parts} if len(parts) > 1 else parts[0]
-
-    objs: list[object] = [{"set": {"name": n, "elem": [js(e) for s, e in want if s == n]}}
-                          for n in SETS]
-    objs += [{"rule": {"chain": c, "comment": r.rsplit('comment "', 1)[1].rstrip('"')}}
-             for c, rules in CHAINS.items() for r in rules]
-    return json.dumps({"nftables": objs})
 
 
 def applier(fake: FakeRunner, rs: IptablesRuleset | None = None) -> IptablesApplier:

@@ -624,30 +624,13 @@ def test_bridge_table_sync_writes_the_change_only() -> None:
 def test_bridge_table_parses_back_what_it_writes() -> None:
     """Elements read back from ``nft -j`` compare equal to rendered ones (so a full
     resync after someone else's change diffs to nothing when nothing differs)."""
-    import json
+    from l2listing import l2_listing
 
-    from portwall.backends.iptables.l2 import CHAINS, SETS, parse_table
+    from portwall.backends.iptables.l2 import parse_table
 
     rs = render_iptables(compile_plan(seed000(pairs=True)))
     want = {e for p in rs.l2.values() for e in p.elements}
-
-    def js(s: str, e: tuple[str, ...]) -> object:
-        parts: list[object] = []
-        for x in e:
-            if "/" in x:
-                a, n = x.split("/")
-                parts.append({"prefix": {"addr": a, "len": int(n)}})
-            elif x.startswith("0x") and "-" in x:
-                parts.append({"range": x.split("-")})
-            else:
-                parts.append(x)
-        return {"concat": parts} if len(parts) > 1 else parts[0]
-
-    objs: list[object] = [{"set": {"name": n, "elem": [js(s, e) for s, e in want if s == n]}}
-                          for n in SETS]
-    objs += [{"rule": {"chain": c, "comment": r.rsplit('comment "', 1)[1].rstrip('"')}}
-             for c, rules in CHAINS.items() for r in rules]
-    state = parse_table(json.dumps({"nftables": objs}))
+    state = parse_table(l2_listing(rs))
     assert state.skeleton_ok and state.elements == want
 
 

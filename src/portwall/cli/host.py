@@ -87,7 +87,7 @@ def remove_cmd(netns: str, backend: str, as_json: bool) -> None:
     try:
         with be.applier(netns) as applier:
             applier.remove_all()
-        from portwall.backends.iptables.natguard import remove_guard
+        from portwall.kernel.natguard import remove_guard
         from portwall.kernel.runner import Runner
 
         remove_guard(Runner(netns))

@@ -39,8 +39,8 @@ def apply_policy(host_ns: str, plan: HostPlan, backend: str | None = None) -> Po
 
 def guard_host_nat(host_ns: str | None, plan: HostPlan) -> list[str]:
     """Seed 003: keep foreign host NAT off bridged tenant traffic, whatever the backend
-    (:mod:`portwall.backends.iptables.natguard`); re-checked on every apply."""
-    from portwall.backends.iptables.natguard import ensure_guard
+    (:mod:`portwall.kernel.natguard`); re-checked on every apply."""
+    from portwall.kernel.natguard import ensure_guard
     from portwall.kernel.runner import Runner
 
     bridges = {p.bridge for p in plan.ports} | {

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from portwall.backends.iptables.render import _comment
 from portwall.kernel.runner import Runner
 
 CHAIN = "pwguard-nat"  # not "pw-": the host backend owns (and prunes) those chains
@@ -25,7 +24,8 @@ HOOK = f"-j {CHAIN}"
 
 
 def guard_rules(bridges: Iterable[str]) -> list[str]:
-    return [f"-o {br} -m physdev --physdev-is-bridged {_comment('pw-nat-guard')} -j ACCEPT"
+    return [f"-o {br} -m physdev --physdev-is-bridged -m comment --comment pw-nat-guard"
+            " -j ACCEPT"
             for br in sorted(set(bridges))]
 
 
