@@ -42,6 +42,7 @@ from portwall.ir.types import (
     OriginKind,
     PortPlan,
     RuleSet,
+    SetDelta,
     SetMember,
     SetRef,
 )
@@ -92,15 +93,19 @@ BULK = 64
 class _SortedMembers:
     """One address set's members, kept in the order an AddressSet lists them."""
 
-    __slots__ = ("keys", "members", "pending")
+    __slots__ = ("added", "keys", "members", "pending", "removed")
 
     def __init__(self) -> None:
         self.keys: list[tuple[int, int, str]] = []
         self.members: list[SetMember] = []
         self.pending: list[SetMember] = []  # added this compile, placed by settle()
+        # what came and went since the last AddressSet was made of these members
+        self.added: list[SetMember] = []
+        self.removed: list[SetMember] = []
 
     def add(self, m: SetMember) -> None:
         self.pending.append(m)
+        self.added.append(m)
 
     def settle(self) -> None:
         new, self.pending = self.pending, []
@@ -123,6 +128,19 @@ class _SortedMembers:
         while self.members[i] is not m:
             i += 1
         del self.keys[i], self.members[i]
+        self.removed.append(m)
+
+    def take_delta(self) -> tuple[tuple[SetMember, ...], tuple[SetMember, ...]]:
+        """(added, removed) since the last call; a member added and removed again in
+        between is in neither."""
+        added, removed = self.added, self.removed
+        self.added, self.removed = [], []
+        if added and removed:
+            gone = {id(m) for m in removed}
+            came = {id(m) for m in added}
+            added = [m for m in added if id(m) not in gone]
+            removed = [m for m in removed if id(m) not in came]
+        return tuple(added), tuple(removed)
 
 
 class PlanCompiler:
@@ -361,6 +379,11 @@ class PlanCompiler:
         address_sets = {sid: self._address_set(sid, groups) for sid in sorted(referenced_sets)}
         # Forget sets no longer in the plan (rebuilt if they come back); a set outside the
         # plan needs no dirty flag either.
+        for sid in self._dirty_sets - address_sets.keys():
+            sm = self._members.get(sid)
+            if sm is not None:  # not in the plan: no delta to keep for it
+                sm.added.clear()
+                sm.removed.clear()
         self._dirty_sets.clear()
         for sid in [s for s in self._sets if s not in address_sets]:
             del self._sets[sid]
@@ -407,5 +430,13 @@ class PlanCompiler:
             return cached
         sm = self._members.get(sid)
         mem = tuple(sm.members) if sm is not None else ()
-        aset = self._sets[sid] = AddressSet(sid, fam, gid, name, mem)  # type: ignore[arg-type]
+        delta = None
+        if sm is not None:
+            added, removed = sm.take_delta()
+            if cached is not None:
+                if cached.delta is not None:
+                    cached.delta.base = None  # deltas never chain (see SetDelta)
+                delta = SetDelta(cached, added, removed)
+        aset = self._sets[sid] = AddressSet(sid, fam, gid, name, mem,  # type: ignore[arg-type]
+                                            delta)
         return aset

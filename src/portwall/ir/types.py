@@ -179,6 +179,20 @@ class SetMember:
     kind: OriginKind  # FIXED_IP or ADDRESS_PAIR
 
 
+class SetDelta:
+    """How an AddressSet differs from the one the same compiler made before (``base``): the
+    members that came and went, so a renderer updates a 10,000-member set in O(change).
+    Not part of the set's value (equality ignores it). The compiler clears ``base`` when it
+    makes the next set, so deltas never chain; a renderer uses a delta only when ``base`` is
+    the set it rendered last, and otherwise diffs the members itself."""
+
+    __slots__ = ("added", "base", "removed")
+
+    def __init__(self, base: AddressSet | None, added: tuple[SetMember, ...],
+                 removed: tuple[SetMember, ...]) -> None:
+        self.base, self.added, self.removed = base, added, removed
+
+
 @dataclass(frozen=True, slots=True)
 class AddressSet:
     """Addresses of every port in a security group, for one family."""
@@ -188,6 +202,7 @@ class AddressSet:
     group_id: str
     group_name: str
     members: tuple[SetMember, ...]
+    delta: SetDelta | None = field(default=None, compare=False, repr=False)
 
     def cidrs(self) -> tuple[IPNetwork, ...]:
         """Distinct member networks, sorted: what a backend loads into the kernel."""

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from portwall.backends.nftables.layout import BASE_CHAINS, BRIDGE_SETS, INET_SETS, SPOOF_CHAIN
+from portwall.backends.nftables.setdelta import PrefixCounts
 from portwall.backends.nftables.spell import (
     MAX_PORT_ID,
     VERDICT,
@@ -110,6 +111,7 @@ class NftRenderer:
         self._plan_ports: tuple[PortPlan, ...] = ()  # the ports of the last render
         self._groups: dict[int, tuple[RuleSet, str, NftChain]] = {}
         self._asets: dict[str, AddressSet] = {}  # address set id -> last rendered
+        self._prefixes = PrefixCounts()  # address set id -> its prefixes, counted
         self._counted: dict[SetKey, Counted] = {}
         self._rule_text: dict[int, tuple[Rule, int]] = {}  # id(rule) -> (rule, text id)
         self._text_ids: dict[tuple[str, ...], int] = {}
@@ -339,26 +341,13 @@ class NftRenderer:
             hc = self._counted.setdefault(hkey, Counted())
             nc = self._counted.setdefault(nkey, Counted())
             hit = old.get(sid)
-            if hit is not aset:
-                # members are sorted: only the middle that differs is counted out and in
-                was = hit.members if hit is not None else ()
-                pre, suf = _middle(was, aset.members)
-                prefixes_moved = hit is None
-                for members, step in ((was, hc.dec), (aset.members, hc.inc)):
-                    for m in members[pre:len(members) - suf]:
-                        c = m.cidr
-                        if c.prefixlen == c.max_prefixlen:
-                            step(addr(c))
-                        else:
-                            prefixes_moved = True
-                if prefixes_moved:
-                    nets = [m.cidr for m in aset.members
-                            if m.cidr.prefixlen != m.cidr.max_prefixlen]
-                    nc.replace(frozenset(addr(n) for n in collapse(nets)))
+            if hit is not aset:  # O(change) with the compiler's delta (setdelta.py)
+                self._prefixes.update(sid, hit, aset, hc, nc, _middle)
             self._asets[sid] = aset
             t = f"ipv{aset.family}_addr"
             out += [NftSet(INET, hname, f"type {t};", hc),
                     NftSet(INET, nname, f"type {t}; flags interval;", nc)]
+        self._prefixes.forget(set(self._asets))
         return out
 
     # ----------------------------------------------------------------- render
