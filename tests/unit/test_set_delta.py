@@ -39,7 +39,7 @@ def test_pair_change_gives_a_delta_of_that_member_only() -> None:
 
 
 def test_renderer_follows_deltas_and_falls_back_when_it_missed_a_plan() -> None:
-    m, ids, gid = _model(30)
+    m, ids, _gid = _model(30)
     comp, r = PlanCompiler(), NftRenderer()
     r.render(comp.compile(m))
     for k, pair in enumerate(["10.9.0.0/24", "10.0.5.5", "10.9.0.0/24", "10.8.0.0/16"]):
