@@ -111,8 +111,7 @@ def update_router(m: Model, ref: str, changes: Mapping[str, Any]) -> Resource:
     except Exception:
         m.routers[old.id] = old
         if gw is not None:
-            m.ports[gw.id] = gw
-            m._index(gw)
+            m.put("port", gw)
         raise
     if gw_keep is not None:
         new.external_gateway_info = gw_keep
@@ -187,7 +186,7 @@ FW_UPDATABLE = {
 
 def _recreate(m: Model, kind: str, old: Resource, changes: Mapping[str, Any],
               create: Callable[[Mapping[str, Any]], Resource]) -> Resource:
-    tab = m._table(kind)
+    tab = m.table(kind)
     del tab[old.id]
     try:
         return create({**old.model_dump(by_alias=True), **changes, "id": old.id})
@@ -218,4 +217,4 @@ def delete_fw(m: Model, kind: str, ref: str) -> None:
         if groups:
             raise Conflict(f"Firewall policy {obj.id} is being used.", resource=kind,
                            neutron_type="FirewallPolicyInUse")
-    del m._table(kind)[obj.id]
+    del m.table(kind)[obj.id]

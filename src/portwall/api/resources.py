@@ -101,7 +101,7 @@ def with_random_mac(m: Model, body: dict[str, Any]) -> dict[str, Any]:
         return body
     for _ in range(100):
         mac = "fa:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-        if (net.id, mac) not in m._mac_owner:
+        if m.mac_owner(net.id, mac) is None:
             return {**body, "mac_address": mac}
     return body
 
@@ -146,7 +146,7 @@ class Handlers:
         with cache.lock:
             cache.sync()
             m = cache.model
-            items = [self.render(m, spec.kind, o) for o in m._table(spec.kind).values()
+            items = [self.render(m, spec.kind, o) for o in m.table(spec.kind).values()
                      if tenancy.visible(c, spec.kind, o)]
         return json_response(query.apply(request, spec.collection, items))
 
@@ -171,7 +171,7 @@ class Handlers:
         cache = self.server.cache
         with cache.lock:
             cache.sync()
-            obj = cache.model._table(spec.kind).get(rid)
+            obj = cache.model.table(spec.kind).get(rid)
             if obj is None or not tenancy.visible(c, spec.kind, obj):
                 raise tenancy.not_found(spec.kind, rid)
             item = self.render(cache.model, spec.kind, obj)
@@ -223,7 +223,7 @@ class Handlers:
         cache = self.server.cache
         with cache.lock:
             obj = cache.mutate(op)
-            item = self.render(cache.model, spec.kind, cache.model._table(spec.kind)[obj.id])
+            item = self.render(cache.model, spec.kind, cache.model.table(spec.kind)[obj.id])
         self.server.changed()
         return json_response({spec.member: item})
 
@@ -266,6 +266,38 @@ class Handlers:
         out = self.server.cache.mutate(op)
         self.server.changed()
         return json_response(out)
+
+    # ------------------------------------------------------- policy actions
+    def policy_action(self, request: Request, rid: str, action: str, data: Any) -> Response:
+        """FWaaS v2 ``insert_rule`` / ``remove_rule``: the policy's rule list changes (and
+        its revision moves on); the answer is the policy, as neutron-fwaas returns it."""
+        c = self.caller(request)
+        if not isinstance(data, dict):
+            raise ApiError(400, "Request body must be an object")
+        allowed = {"firewall_rule_id"} | (
+            {"insert_before", "insert_after"} if action == "insert_rule" else set())
+        for k in data:
+            if k not in allowed:
+                raise ApiError(400, f"Unrecognized attribute(s) '{k}'")
+
+        def op(m: Model) -> Resource:
+            policy = tenancy.lookup(m, c, "firewall_policy", rid, own=True)
+            meta = self.server.cache.meta.get(("firewall_policy", policy.id))
+            if_match(request, meta.revision_number if meta else 0)
+            body = dict(data)
+            for f in allowed:  # rules the caller may not see are unknown ids to it
+                if body.get(f) and not c.is_admin:
+                    body[f] = tenancy.lookup(m, c, "firewall_rule", str(body[f]), f).id
+            if action == "insert_rule":
+                return m.insert_firewall_rule(policy.id, body)
+            return m.remove_firewall_rule(policy.id, body)
+
+        cache = self.server.cache
+        with cache.lock:
+            obj = cache.mutate(op)
+            item = self.render(cache.model, "firewall_policy", obj)
+        self.server.changed()
+        return json_response(item)
 
     # ----------------------------------------------------- security group rules
     def _rules(self, m: Model, c: Caller) -> list[dict[str, Any]]:
@@ -411,4 +443,22 @@ def install(app: FastAPI, server: Any) -> None:
 
     bind_action("add_router_interface")
     bind_action("remove_router_interface")
+
+    def bind_policy_action(action: str) -> None:
+        async def act(request: Request, rid: str) -> Response:
+            data = await read_json(request)
+            return await run_in_threadpool(h.policy_action, request, rid, action, data)
+
+        props: dict[str, Any] = {"firewall_rule_id": {"type": "string"}}
+        if action == "insert_rule":
+            props |= {"insert_before": {"type": "string"}, "insert_after": {"type": "string"}}
+        tags: list[str | Enum] = ["firewall_policies"]
+        r.add_api_route(f"/fwaas/firewall_policies/{{rid}}/{action}", act, methods=["PUT"],
+                        tags=tags, name=action, openapi_extra={"requestBody": {"content": {
+                            "application/json": {"schema": {"type": "object",
+                                                            "properties": props}}},
+                            "required": True}})
+
+    bind_policy_action("insert_rule")
+    bind_policy_action("remove_rule")
     app.include_router(r)

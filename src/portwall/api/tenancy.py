@@ -35,7 +35,7 @@ def lookup(m: Model, caller: Caller, kind: str, ref: str, field: str | None = No
            *, own: bool = False) -> Resource:
     """A resource by id (or unique visible name) that the caller may see (``own``: that it
     owns); 404 otherwise."""
-    table = m._table(kind)
+    table = m.table(kind)
     obj = table.get(ref)
     if obj is None:
         named = [r for r in table.values() if r.name == ref and visible(caller, kind, r)]

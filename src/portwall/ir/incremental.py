@@ -159,7 +159,10 @@ class PlanCompiler:
     def _reset(self) -> None:
         self._ports: dict[str, _PortEntry] = {}
         self._seen: dict[str, Port] = {}  # the model's port dict as of the last compile
-        self._seen_vals: list[Port] = []  # its values, in order
+        self._seen_vals: list[Port] | None = []  # its values, in order (None: journal)
+        self._source: Model | None = None  # the model compiled last, and its journal cursor
+        self._cursor = 0
+        self._revs: dict[str, int] = {}  # port id -> store revision it was compiled at
         self._members: dict[str, _SortedMembers] = {}
         self._dirty_sets: set[str] = set()
         self._sets: dict[str, AddressSet] = {}
@@ -184,30 +187,53 @@ class PlanCompiler:
 
     # ----------------------------------------------------------------- ports
     def _changed_ports(self, model: Model) -> list[str]:
-        """Ids of ports added, replaced or deleted since the last compile (one identity pass
-        in a comprehension: the only per-port work of a compile)."""
+        """Ids of ports added, replaced or deleted since the last compile.
+
+        From the model's change journal when this compiler saw the same model last time
+        (O(change)); otherwise one identity pass over the port dict (a comprehension: the
+        only per-port work of such a compile). Either way a port whose store revision is
+        the one it was compiled at counts as unchanged, even as a new object (a model
+        rebuilt from the store)."""
         seen, ports = self._seen, model.ports
-        vals, before = list(ports.values()), self._seen_vals
-        self._seen_vals = vals
-        if len(vals) >= len(before) and vals[:len(before)] == before:
-            # Only appended (a dict keeps insertion order, and the model replaces an updated
-            # port in place): the new ports are the tail. Compared in C, identity first.
-            changed = list(itertools.islice(ports, len(before), None))
+        journal = None
+        if self._source is model:
+            journal = model.changes_since(self._cursor)
+        self._source, self._cursor = model, model.cursor
+        if journal is not None:
+            changed = list(dict.fromkeys(rid for kind, rid in journal if kind == "port"))
+            self._seen_vals = None
         else:
-            changed = [pid for pid, p in ports.items() if seen.get(pid) is not p]
-            if len(seen) + sum(pid not in seen for pid in changed) != len(ports):
-                changed += [pid for pid in seen.keys() - ports.keys()]
+            vals, before = list(ports.values()), self._seen_vals
+            self._seen_vals = vals
+            if before is not None and len(vals) >= len(before) and \
+                    vals[:len(before)] == before:
+                # Only appended (a dict keeps insertion order, and the model replaces an
+                # updated port in place): the new ports are the tail. Compared in C.
+                changed = list(itertools.islice(ports, len(before), None))
+            else:
+                changed = [pid for pid, p in ports.items() if seen.get(pid) is not p]
+                if len(seen) + sum(pid not in seen for pid in changed) != len(ports):
+                    changed += [pid for pid in seen.keys() - ports.keys()]
+        revs = self._revs
         out = []
         for pid in changed:
             new, old = ports.get(pid), seen.get(pid)
-            if new is not None and old is not None and same_revision(old, new):
-                seen[pid] = self._ports[pid].port = new  # same content, a new object
+            rev = model.revision("port", pid) if new is not None else None
+            if new is not None and old is not None and (
+                    new is old or (rev is not None and revs.get(pid) == rev)
+                    or same_revision(old, new)):
+                seen[pid] = self._ports[pid].port = new  # same content, maybe a new object
                 continue
             out.append(pid)
             if new is None:
-                del seen[pid]
+                seen.pop(pid, None)
+                revs.pop(pid, None)
             else:
                 seen[pid] = new
+                if rev is None:
+                    revs.pop(pid, None)
+                else:
+                    revs[pid] = rev
         return out
 
     def _port_entry(self, port: Port) -> _PortEntry:

@@ -1,21 +1,23 @@
-"""Routers, router interfaces and floating IPs: Neutron's L3 API, on a :class:`Model`.
+"""Routers, router interfaces and floating IPs: Neutron's L3 API, on a storage.
 
-Called through the Model's methods of the same names (the only public entry points); kept
-apart because router and NAT rules grow independently of ports and security groups.
+Called through the Model's methods of the same names; kept apart because router and NAT
+rules grow independently of ports and security groups. ``m`` is a
+:class:`~portwall.model.storage.Storage` (imported as ``Model`` so signatures read as
+before); this module imports the port operations, never ``store.py``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from portwall.model.errors import Conflict, InvalidInput, NotFound, PortwallError
+from portwall.model.networks import allocate
 from portwall.model.parsing import parse, required
+from portwall.model.ports import create_port
 from portwall.model.resources import ExternalFixedIP, FloatingIP, Port, Router, Subnet
-
-if TYPE_CHECKING:
-    from portwall.model.store import Model
+from portwall.model.storage import Storage as Model
 
 
 def create_router(m: Model, body: Mapping[str, Any]) -> Router:
@@ -40,7 +42,7 @@ def create_router(m: Model, body: Mapping[str, Any]) -> Router:
         # address is what SNAT rewrites to, so it must be allocated like any port's.
         wanted = [f.model_dump(exclude_none=True) for f in info.external_fixed_ips]
         try:
-            gw_port = m.create_port({
+            gw_port = create_port(m, {
                 "name": f"{router.label()}-gw", "network_id": info.network_id,
                 "device_owner": "network:router_gateway", "device_id": router.id,
                 "project_id": router.project_id,
@@ -52,7 +54,7 @@ def create_router(m: Model, body: Mapping[str, Any]) -> Router:
                 "fixed_ips", "external_fixed_ips")
             raise
         if not gw_port.fixed_ips:
-            del m.ports[gw_port.id]
+            m.remove("port", gw_port.id)
             raise InvalidInput(
                 "The external network has no subnet to give the router a gateway address",
                 field="external_gateway_info.network_id", resource="router",
@@ -91,7 +93,7 @@ def add_router_interface(m: Model, ref: str, body: Mapping[str, Any]) -> Port:
             raise InvalidInput(
                 f"Subnet {subnet.label()} for router interface must have a gateway IP",
                 field="subnet_id", resource="router", neutron_type="BadRequest")
-        port = m.create_port({
+        port = create_port(m, {
             "name": f"{router.label()}-{subnet.label()}",
             "network_id": subnet.network_id,
             "fixed_ips": [{"subnet_id": subnet.id, "ip_address": subnet.gateway_ip}],
@@ -119,6 +121,7 @@ def add_router_interface(m: Model, ref: str, body: Mapping[str, Any]) -> Port:
                                        "device_id": router.id, "security_groups": []})
         m.ports[port.id] = port
     m.router_interfaces[router.id].append(port.id)
+    m.touch("router", router.id)
     return port
 
 
@@ -145,7 +148,7 @@ def create_floatingip(m: Model, body: Mapping[str, Any]) -> FloatingIP:
             raise InvalidInput(f"External network {net.label()} has no IPv4 subnet",
                                field="floating_network_id", resource="floatingip",
                                neutron_type="BadRequest")
-        fip.floating_ip_address = m._allocate(ext[0], taken)
+        fip.floating_ip_address = allocate(m, ext[0], taken)
     else:
         _check_floating_address(fip.floating_ip_address, ext, taken)
     if fip.port_id:
@@ -184,6 +187,7 @@ def update_floatingip(m: Model, ref: str, changes: Mapping[str, Any]) -> Floatin
     elif "port_id" in changes:
         fip.port_id = fip.fixed_ip_address = fip.router_id = None
         fip.status = "DOWN"
+    m.touch("floatingip", fip.id)
     return fip
 
 
@@ -227,3 +231,4 @@ def _associate(m: Model, fip: FloatingIP, port_ref: str, fixed_ip: str | None) -
             )
     fip.port_id, fip.fixed_ip_address, fip.router_id = port.id, chosen.ip_address, router_id
     fip.status = "ACTIVE"
+    m.touch("floatingip", fip.id)

@@ -4,7 +4,9 @@ The API server changes resources through :meth:`ModelCache.mutate`: the operatio
 the Model (Neutron's checks), what it changed is written in one store transaction, and on
 any failure the Model is put back as the store has it -- a failed request changes nothing.
 The agent only reads: :meth:`sync` applies the feed, replacing only the changed objects so
-the incremental compiler redoes only their part.
+the incremental compiler redoes only their part. Every resource carries its store revision
+(``Model.revision``), so after a reload -- all objects new -- the compiler still knows the
+unchanged ones by (id, revision).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class ModelCache:
                 by_kind.setdefault(r.kind, []).append(r)
             for kind in codec.KINDS:
                 for r in by_kind.get(kind, []):
-                    codec.put(model, kind, r.body)
+                    codec.put(model, kind, r.body, r.revision_number)
                     meta[(kind, r.id)] = _strip(r)
             for kind in OTHER_KINDS:
                 for r in by_kind.get(kind, []):
@@ -68,7 +70,8 @@ class ModelCache:
                     self.meta.pop(key, None)
                 else:
                     if ch.kind in codec.KINDS:
-                        codec.put(self.model, ch.kind, ch.record.body)
+                        codec.put(self.model, ch.kind, ch.record.body,
+                                  ch.record.revision_number)
                         self.meta[key] = _strip(ch.record)
                     else:
                         self.meta[key] = ch.record
@@ -129,7 +132,11 @@ class ModelCache:
             stored += [txn.put(r) for r in extra]
             new_revision = txn.revision
         for r in stored:
-            self.meta[(r.kind, r.id)] = _strip(r) if r.kind in codec.KINDS else r
+            if r.kind in codec.KINDS:
+                self.meta[(r.kind, r.id)] = _strip(r)
+                m.set_revision(r.kind, r.id, r.revision_number)
+            else:
+                self.meta[(r.kind, r.id)] = r
         for key in deleted:
             self.meta.pop(key, None)
         self.revision = new_revision

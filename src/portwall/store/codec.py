@@ -38,7 +38,7 @@ INTERFACES = "_interfaces"
 
 
 def table(m: Model, kind: str) -> dict[str, Any]:
-    return m._table(kind)
+    return m.table(kind)
 
 
 def to_body(m: Model, kind: str, obj: Resource) -> dict[str, Any]:
@@ -54,102 +54,29 @@ def from_body(kind: str, body: dict[str, Any]) -> tuple[Resource, list[str] | No
     return KINDS[kind].model_validate(data), interfaces
 
 
-def put(m: Model, kind: str, body: dict[str, Any]) -> None:
-    """Insert or replace one resource (keeping the port indexes right)."""
+def put(m: Model, kind: str, body: dict[str, Any], revision: int | None = None) -> None:
+    """Insert or replace one resource (the storage keeps the port indexes right); with
+    ``revision``, the store revision it has, by which the compiler knows it again."""
     obj, interfaces = from_body(kind, body)
-    tab = table(m, kind)
-    if kind == "port":
-        old = tab.get(obj.id)
-        if old is not None:
-            m._unindex(old)
-        m._index(obj)  # type: ignore[arg-type]
-    tab[obj.id] = obj
-    if kind == "router":
-        m.router_interfaces[obj.id] = list(interfaces or [])
+    m.put(kind, obj, interfaces)
+    if revision is not None:
+        m.set_revision(kind, obj.id, revision)
 
 
 def remove(m: Model, kind: str, rid: str) -> None:
-    tab = table(m, kind)
-    obj = tab.pop(rid, None)
-    if kind == "port" and obj is not None:
-        m._unindex(obj)
-    if kind == "router":
-        m.router_interfaces.pop(rid, None)
-
-
-class TrackedDict(dict[Any, Any]):
-    """A Model table that remembers which keys were set or removed since :meth:`reset`,
-    so finding what one operation changed costs O(change), not O(resources)."""
-
-    def __init__(self, *a: Any) -> None:
-        super().__init__(*a)
-        self.touched: set[Any] = set()
-
-    def reset(self) -> None:
-        self.touched = set()
-
-    def __setitem__(self, k: Any, v: Any) -> None:
-        self.touched.add(k)
-        super().__setitem__(k, v)
-
-    def __delitem__(self, k: Any) -> None:
-        self.touched.add(k)
-        super().__delitem__(k)
-
-    def pop(self, k: Any, *default: Any) -> Any:
-        self.touched.add(k)
-        return super().pop(k, *default)
-
-    def setdefault(self, k: Any, v: Any = None) -> Any:
-        self.touched.add(k)
-        return super().setdefault(k, v)
-
-    def update(self, *a: Any, **kw: Any) -> None:
-        other = dict(*a, **kw)
-        self.touched |= set(other)
-        super().update(other)
-
-    def popitem(self) -> tuple[Any, Any]:
-        k, v = super().popitem()
-        self.touched.add(k)
-        return k, v
-
-    def clear(self) -> None:
-        self.touched |= set(self)
-        super().clear()
-
-
-def track(m: Model) -> None:
-    """Make the Model's tables :class:`TrackedDict` (once)."""
-    for kind in KINDS:
-        attr = _ATTR[kind]
-        if not isinstance(getattr(m, attr), TrackedDict):
-            setattr(m, attr, TrackedDict(getattr(m, attr)))
-
-
-def tracked(m: Model, kind: str) -> TrackedDict:
-    tab = table(m, kind)
-    assert isinstance(tab, TrackedDict)
-    return tab
-
-
-_ATTR = {"network": "networks", "subnet": "subnets", "port": "ports",
-         "security_group": "security_groups", "router": "routers",
-         "floatingip": "floating_ips", "firewall_rule": "firewall_rules",
-         "firewall_policy": "firewall_policies", "firewall_group": "firewall_groups"}
+    m.remove(kind, rid)
 
 
 class Snapshot:
-    """What a Model held before an operation, to find what the operation changed.
+    """Where a Model's change journal stood before an operation, to find what the
+    operation changed in O(change).
 
-    Stored objects are replaced on change (tracked by the tables), except a group's rule
-    list (rules are appended), a floating IP's association fields and a router's
-    interface list, which are compared by value (few of them)."""
+    The journal has every table write and every in-place change an operation announces;
+    a group's rule list, a floating IP's association fields and a router's interface list
+    are also compared by value (few of them), in case a caller edited them in place."""
 
     def __init__(self, m: Model) -> None:
-        track(m)
-        for kind in KINDS:
-            tracked(m, kind).reset()
+        self.cursor = m.cursor
         self.rules = {g: tuple(id(r) for r in sg.security_group_rules)
                       for g, sg in m.security_groups.items()}
         self.fips = {f: _fip_key(x) for f, x in m.floating_ips.items()}
@@ -159,10 +86,11 @@ class Snapshot:
         """(changed or new, deleted) as (kind, id)."""
         changed: set[tuple[str, str]] = set()
         deleted: set[tuple[str, str]] = set()
-        for kind in KINDS:
-            tab = tracked(m, kind)
-            for rid in tab.touched:
-                (changed if rid in tab else deleted).add((kind, rid))
+        journal = m.changes_since(self.cursor)
+        if journal is None:  # more changes than the journal keeps: every resource
+            journal = [(k, r) for k in KINDS for r in m.table(k)]
+        for kind, rid in journal:
+            (changed if rid in m.table(kind) else deleted).add((kind, rid))
         for gid, sg in m.security_groups.items():
             if self.rules.get(gid) != tuple(id(r) for r in sg.security_group_rules):
                 changed.add(("security_group", gid))
