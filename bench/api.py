@@ -15,6 +15,7 @@ has applied the revision that PUT committed.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -188,7 +189,9 @@ def main() -> None:
         if pg is not None:
             pg.stop()
     store = "PostgreSQL" if args.pg else "SQLite (WAL)"
-    print(f"\nportwall server, {store}, {args.clients} concurrent clients (httpx)\n")
+    load = os.getloadavg()
+    print(f"\nportwall server, {store}, {args.clients} concurrent clients (httpx); load average"
+          f" at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)\n")
     print("| ports | create p50 ms | create p99 ms | create mean ms | list all p50 ms"
           " | list all p99 ms |")
     print("|---|---|---|---|---|---|")
