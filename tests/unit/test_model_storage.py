@@ -96,14 +96,19 @@ def test_private_helpers_still_answer() -> None:
 
 @pytest.fixture
 def compiled(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    calls = {"n": 0}
-    steps = ir_compile._port_steps
+    calls = {"n": 0, "rules": 0}
+    steps, rule = ir_compile._port_steps, ir_compile.compile_rule
 
     def count(*a: Any, **k: Any) -> Any:
         calls["n"] += 1
         return steps(*a, **k)
 
+    def count_rule(*a: Any, **k: Any) -> Any:
+        calls["rules"] += 1
+        return rule(*a, **k)
+
     monkeypatch.setattr(ir_compile, "_port_steps", count)
+    monkeypatch.setattr(ir_compile, "compile_rule", count_rule)
     return calls
 
 
@@ -118,8 +123,11 @@ def test_reloaded_cache_compiles_only_what_changed(tmp_path: Path,
     comp = PlanCompiler()
     first = comp.compile(reader.model)
     assert compiled["n"] == 6
+    rules = compiled["rules"]
+    assert rules > 0
     reader.reload()  # a new Model: new objects, same revisions
     assert comp.compile(reader.model) == first and compiled["n"] == 6
+    assert compiled["rules"] == rules  # the group's rule sets are kept too
     writer.mutate(lambda m: m.update_port(ids[2], {"name": "moved"}))
     reader.reload()
     plan = comp.compile(reader.model)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from portwall.bulk import cached_build
@@ -78,6 +78,7 @@ class _RuleSetEntry:
     rules_alive: tuple[SecurityGroupRule, ...]  # keeps the ids in ``key`` valid
     ruleset: RuleSet
     sets: frozenset[str]  # address sets its rules match on
+    revision: int | None = None  # the group's store revision it was built from
 
 
 def _member_key(m: SetMember) -> tuple[int, int, str]:
@@ -179,6 +180,7 @@ class PlanCompiler:
         self._plans: list[PortPlan] = []  # their plans, in that order
         self._new_plans: list[tuple[str, PortPlan]] = []  # added this compile (see _settle)
         self._routers = RouterCompiler()
+        self._revision: Callable[[str], int | None] = lambda gid: None
 
     def compile(self, model: Model) -> HostPlan:
         """The plan for the model as it is now (see :func:`portwall.ir.compile_plan`)."""
@@ -353,11 +355,18 @@ class PlanCompiler:
         cached = self._rulesets.get(rsid)
         if cached is not None and cached.key == key:
             return cached
+        rev = self._revision(gid)
+        if cached is not None and rev is not None and cached.revision == rev \
+                and cached.key[:2] == key[:2]:
+            # the same revision of the group, as new objects (a model reloaded from the
+            # store): keep the rule set, and know the new rule objects by identity from now
+            cached.key, cached.rules_alive = key, rules
+            return cached
         compiled = tuple(c.compile_rule(r, g) for r in rules)
         refs = frozenset(a.set_id for r in compiled for a in (r.match.src, r.match.dst)
                          if isinstance(a, SetRef))
         ruleset = RuleSet(rsid, gid, g.name, direction, g.stateful, compiled)  # type: ignore[arg-type]
-        entry = self._rulesets[rsid] = _RuleSetEntry(key, rules, ruleset, refs)
+        entry = self._rulesets[rsid] = _RuleSetEntry(key, rules, ruleset, refs, rev)
         return entry
 
     def _jump(self, group: SecurityGroup, rsid: str) -> Jump:
@@ -371,6 +380,7 @@ class PlanCompiler:
 
     # ---------------------------------------------------------------- compile
     def _compile(self, model: Model) -> HostPlan:
+        self._revision = lambda gid: model.revision("security_group", gid)
         groups = model.security_groups
         zones, moved_nets = self._zone_map(model)
         changed_groups = self._changed_groups(groups)
