@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from portwall.backends.iptables.l2 import MARK_NOTRACK, L2Port, port_elements
 from portwall.backends.iptables.l2 import ORIGINS as L2_ORIGINS
 from portwall.backends.iptables.notes import group_note, port_note, rule_note
+from portwall.backends.iptables.setdelta import SetEntries
 from portwall.backends.iptables.spelling import (
     _SAFE,
     RenderError,
@@ -75,7 +76,6 @@ from portwall.ir.types import (
     PortPlan,
     Rule,
     RuleSet,
-    SetMember,
     SpoofCheck,
 )
 
@@ -274,8 +274,8 @@ class IptablesRenderer:
         self._jumps: dict[int, dict[str, tuple[str, str] | None]] = {4: {}, 6: {}}
         self._ports: dict[int, _PortOut] = {}
         self._ipsets: dict[int, tuple[AddressSet, str, IpSet]] = {}
-        # ipset name -> id(member) -> (member, its entries): see _members_of
-        self._member_text: dict[str, dict[int, tuple[SetMember, tuple[_MemberEntry, ...]]]] = {}
+        # ipset name -> its sorted entries, followed by member deltas: see _members_of
+        self._member_text: dict[str, SetEntries] = {}
 
     def render(self, plan: HostPlan) -> IptablesRuleset:
         """The whole iptables + ipset state for ``plan`` (see :func:`render_iptables`)."""
@@ -528,16 +528,13 @@ class IptablesRenderer:
         return out
 
     def _members_of(self, name: str, aset: AddressSet) -> list[str]:
-        """:func:`set_members`, reusing the text of members (the same SetMember objects)
-        already rendered for this set: one new member in a set of thousands costs one
-        formatting plus a sort of ready-made keys."""
-        old = self._member_text.get(name, {})
-        new: dict[int, tuple[SetMember, tuple[_MemberEntry, ...]]] = {}
-        for m in aset.members:
-            hit = old.get(id(m))
-            new[id(m)] = hit if hit is not None else (m, _member_entries(m.cidr))
-        self._member_text[name] = new
-        return _listed(e for _m, entries in new.values() for e in entries)
+        """:func:`set_members`, updated from the AddressSet's member delta when it follows
+        the set rendered last (``setdelta.py``): one new member in a set of thousands is
+        one sorted insertion, not a re-sort."""
+        entries = self._member_text.get(name)
+        if entries is None:
+            entries = self._member_text[name] = SetEntries()
+        return entries.follow(aset, _member_entries)
 
 
 def _ipset(aset: AddressSet, name: str, members: list[str]) -> IpSet:
