@@ -41,7 +41,7 @@ from portwall.ir.types import PortPlan, SpoofCheck
 from portwall.model.protocols import ICMP, ICMPV6
 
 if TYPE_CHECKING:
-    from portwall.analyze.evaluate import Packet
+    from portwall.analyze.evaluate import IPAddress, Packet
     from portwall.analyze.l3eval import RouterResult
     from portwall.analyze.trace import Tracer, TraceResult
     from portwall.ir.types import HostPlan
@@ -121,6 +121,13 @@ class RoutedMatrix:
                           for r in fw.rules(d) or ()
                           if r.match.protocol is not None}
         self._walks: dict[tuple[Any, ...], Services] = {}
+        self._pairs: dict[tuple[Any, ...], RoutedAnswer] = {}
+        self._sigs: dict[tuple[IPAddress, int], tuple[bool, ...]] = {}
+        self._route_nets = sorted({rt.destination for rp in plan.routers.values()
+                                   for rt in rp.routes}, key=str)
+        self._fw_nets = sorted({(r.match.src, r.match.dst) for rp in plan.routers.values()
+                                for fw in rp.firewalls for d in ("ingress", "egress")
+                                for r in fw.rules(d) or ()}, key=str)
 
     def same_vm(self, a: PortPlan, b: PortPlan) -> bool:
         """Two ports of one lab VM: traffic between them never leaves the VM."""
@@ -130,18 +137,77 @@ class RoutedMatrix:
     def outside(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return self.tracer.lab_outside()
 
+    # -------------------------------------------------------------- pairs of ports
+    def pair(self, a: PortPlan, b: PortPlan, family: int, classes: tuple[object, object]
+             ) -> RoutedAnswer | None:
+        """:meth:`answer` for two ports, shared between equivalent pairs.
+
+        ``classes`` are the pair's sender and receiver classes of the pure matrix: equal
+        classes mean equal port-filter answers. Two pairs with equal classes, networks, the
+        sender's routing towards the destination, and equal memberships of their addresses
+        in every route destination and firewall rule address take the same path through
+        the same routers and get the same services; only answers whose text names nothing
+        pair-specific are shared (no forwarding VM, no NAT; ``unknown`` in general words)."""
+        sa = next((x.network_address for x in a.addresses if x.version == family), None)
+        sb = next((x.network_address for x in b.addresses if x.version == family), None)
+        if sa is None or sb is None:
+            return None
+        key = (id(classes[0]), id(classes[1]), a.network_id, b.network_id, family,
+               self._context(a, sb), self._sig(sa, 0), self._sig(sb, 1))
+        hit = self._pairs.get(key)
+        if hit is not None:
+            return hit
+        ans, shareable = self._answer(a.id, b.id, family)
+        if ans is not None and shareable:
+            self._pairs[key] = ans
+        return ans
+
+    def _context(self, a: PortPlan, dst: IPAddress) -> tuple[object, ...]:
+        vm = self.tracer._vm_of.get(a.id)
+        if vm is None:
+            return (None,)
+        nets = self.tracer._subnets
+        ports = tuple((self.tracer.model.ports[p].network_id, any(
+            dst in n for n in nets.get(self.tracer.model.ports[p].network_id, ())))
+            for p in vm.ports)
+        routes = tuple((r.via, dst in ipaddress.ip_network(r.destination, strict=False))
+                       for r in vm.routes if ipaddress.ip_network(
+                           r.destination, strict=False).version == dst.version)
+        return (ports, routes, vm.gateway, a.id if len(vm.ports) > 1 else None)
+
+    def _sig(self, addr: IPAddress, side: int) -> tuple[bool, ...]:
+        hit = self._sigs.get((addr, side))
+        if hit is None:
+            nets = self._route_nets if side == 1 else ()
+            hit = self._sigs[(addr, side)] = tuple(
+                n is not None and addr.version == n.version and addr in n
+                for n in (*nets, *(x[side] for x in self._fw_nets)))
+        return hit
+
     # -------------------------------------------------------------- one flow
     def answer(self, src: str, dst: str, family: int) -> RoutedAnswer | None:
         """``src``/``dst``: port ids, lab VM names, ``outside`` or addresses, as trace
         takes them. None when trace cannot even resolve the pair."""
+
+        return self._answer(src, dst, family)[0]
+
+    def _answer(self, src: str, dst: str, family: int) -> tuple[RoutedAnswer | None, bool]:
+        """The answer, and whether it may be shared with equivalent pairs."""
         from portwall.analyze.trace import TraceError
 
         try:
             t = self.tracer.trace(src, dst, "udp", dport=9, state="established",
                                   family=family)  # type: ignore[arg-type]
         except TraceError:
-            return None
-        return self._from_trace(t)
+            return None, False
+        vms = [s for s in t.steps if s.stage == "forward" and s.resource_type == "vm"]
+        nat = any(r.dnat or r.snat for r in t.routed)
+        ans = self._from_trace(t)
+        if ans.services is None and not vms:  # in general words: shared, NAT or not
+            path = ans.path.split(" (")[0]
+            return RoutedAnswer(None, "unknown: the path leaves what portwall models (trace"
+                                " the pair for where)", path), True
+        return ans, not vms and not nat and not ans.text.startswith("nothing (")
 
     def _from_trace(self, t: TraceResult) -> RoutedAnswer:
         via = [f"router {s.resource_name or s.resource_id}" if s.resource_type == "router"
@@ -149,6 +215,9 @@ class RoutedMatrix:
                and s.resource_type in ("router", "vm")]
         via = [f"router {r.router.name or r.router.id}" for r in t.routed] + via
         path = ("via " + ", ".join(dict.fromkeys(via))) if via else ""
+        nat = [r for r in t.routed if r.dnat or r.snat]
+        if nat:
+            path += " (" + "; ".join(_nat_words(r) for r in nat) + ")"
         if t.verdict == "unknown":
             return RoutedAnswer(None, f"unknown: {t.unknown}", path)
         if t.verdict == "deny":
@@ -182,9 +251,6 @@ class RoutedMatrix:
             sv = _meet(sv, w, keys)
         for res in t.routed:
             sv = _meet(sv, self._router(res, keys), keys)
-        nat = [r for r in t.routed if r.dnat or r.snat]
-        if nat:
-            path += " (" + "; ".join(_nat_words(r) for r in nat) + ")"
         return RoutedAnswer(sv, services_text(sv), path)
 
     def _router(self, res: RouterResult, keys: set[int]) -> Services:

@@ -368,7 +368,8 @@ def reachability_matrix(model: Model, plan: HostPlan, ports: Iterable[PortPlan] 
     def answer(a: PortPlan, b: PortPlan, fam: int) -> tuple[str, str] | None:
         if routed is None or not routed_key(a, b) or routed.same_vm(a, b):
             return None
-        ans = routed.answer(a.id, b.id, fam)
+        ans = routed.pair(a, b, fam, (mx.class_of[(a.id, "src", fam)],
+                                      mx.class_of[(b.id, "dst", fam)]))
         return None if ans is None else (ans.text, ans.path)
 
     out: list[MatrixRow] = []
