@@ -80,3 +80,24 @@ def test_interface_needed_by_a_route_stays(api: Api, net: dict[str, Any]) -> Non
     assert a.put(f"/v2.0/routers/{r['id']}", {"router": {"routes": []}}).status_code == 200
     resp = a.put(f"/v2.0/routers/{r['id']}/remove_router_interface", {"subnet_id": sub})
     assert resp.status_code == 200, resp.text
+
+
+def test_extraroute_atomic_add_and_remove(api: Api, net: dict[str, Any]) -> None:
+    a, r, _ = _router(api, net)
+    one = {"destination": "10.9.0.0/24", "nexthop": "10.0.0.50"}
+    two = {"destination": "10.8.0.0/24", "nexthop": "10.0.0.51"}
+    url = f"/v2.0/routers/{r['id']}"
+    resp = a.put(url + "/add_extraroutes", {"router": {"routes": [one]}})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["router"]["routes"] == [one]
+    resp = a.put(url + "/add_extraroutes", {"router": {"routes": [one, two]}})
+    assert resp.json()["router"]["routes"] == [one, two]  # a present route: no error
+    resp = a.put(url + "/remove_extraroutes", {"router": {"routes": [one]}})
+    assert resp.json()["router"]["routes"] == [two]
+    bad = {"destination": "10.7.0.0/24", "nexthop": "192.0.2.9"}
+    resp = a.put(url + "/add_extraroutes", {"router": {"routes": [bad]}})
+    assert resp.status_code == 400 and resp.json()["NeutronError"]["type"] == "InvalidRoutes"
+    assert a.get(url).json()["router"]["routes"] == [two]
+    assert a.put(url + "/add_extraroutes", {"routes": [one]}).status_code == 400
+    aliases = {e["alias"] for e in api.get("/v2.0/extensions").json()["extensions"]}
+    assert "extraroute-atomic" in aliases
