@@ -3,9 +3,13 @@ validation errors, the alias listed, and an interface a route needs cannot be re
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from apihelp import Api
+from serverproc import VENV_BIN, ServerProcess, openstack
 
 
 def _router(api: Api, net: dict[str, Any]) -> tuple[Api, dict[str, Any], str]:
@@ -101,3 +105,39 @@ def test_extraroute_atomic_add_and_remove(api: Api, net: dict[str, Any]) -> None
     assert a.put(url + "/add_extraroutes", {"routes": [one]}).status_code == 400
     aliases = {e["alias"] for e in api.get("/v2.0/extensions").json()["extensions"]}
     assert "extraroute-atomic" in aliases
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (VENV_BIN / "openstack").exists(),
+                    reason="python-openstackclient is not installed in the venv")
+def test_openstack_cli_router_routes(tmp_path: Path) -> None:
+    """The real client: `router add route` (extraroute-atomic), `router set --route`
+    (PUT routes), `router remove route`, and Neutron's refusal shown to the user."""
+    srv = ServerProcess(f"sqlite:///{tmp_path}/pw.db").start(tmp_path)
+    try:
+        url = srv.url
+
+        def routes() -> list[dict[str, str]]:
+            out = json.loads(openstack(url, "router", "show", "r1", "-f", "json"))["routes"]
+            return sorted(({"destination": r["destination"], "nexthop": r["nexthop"]}
+                           for r in out), key=lambda r: r["destination"])
+
+        openstack(url, "network", "create", "n1")
+        openstack(url, "subnet", "create", "--network", "n1", "--subnet-range",
+                  "10.0.0.0/24", "s1")
+        openstack(url, "router", "create", "r1")
+        openstack(url, "router", "add", "subnet", "r1", "s1")
+        openstack(url, "router", "add", "route", "--route",
+                  "destination=10.9.0.0/24,gateway=10.0.0.50", "r1")
+        assert routes() == [{"destination": "10.9.0.0/24", "nexthop": "10.0.0.50"}]
+        openstack(url, "router", "set", "--route",
+                  "destination=10.8.0.0/24,gateway=10.0.0.51", "r1")
+        assert len(routes()) == 2
+        openstack(url, "router", "remove", "route", "--route",
+                  "destination=10.9.0.0/24,gateway=10.0.0.50", "r1")
+        assert routes() == [{"destination": "10.8.0.0/24", "nexthop": "10.0.0.51"}]
+        with pytest.raises(AssertionError, match="the nexthop is not connected with router"):
+            openstack(url, "router", "add", "route", "--route",
+                      "destination=10.7.0.0/24,gateway=192.0.2.1", "r1")
+    finally:
+        srv.stop()
