@@ -15,7 +15,15 @@ PW006  an allowed address pair is wider than, or outside, the port's subnets
 PW007  subnets of different networks overlap inside one conntrack zone
 PW008  a tenant subnet overlaps a host NAT rule or host network (seed 003)
 PW009  without host rules to check: a tenant subnet overlaps a range hosts commonly use
+PW010  a floating IP nothing from the outside can reach (security groups, FWaaS)
+PW011  a firewall rule can never match: earlier rules of its policy cover it
+PW012  a firewall group denies every new connection in one direction (and family)
+PW013  a router has enable_snat false and no floating IP: its subnets have no way out
+PW014  a tenant subnet overlaps a subnet of an external network
+PW015  an extra route's nexthop is no port's address, or it replaces a connected route
 =====  ========================================================================
+
+PW010-PW015 read the L3 IR (routers, NAT, FWaaS): :mod:`portwall.analyze.l3audit`.
 
 Reachability questions (PW002) are answered by :mod:`portwall.analyze.reach` over interval
 sets covering every source address; redundancy (PW003) by exact box subtraction
@@ -526,6 +534,9 @@ def audit(model: Model, plan: HostPlan, host: HostRules | None = None,
                       check_port_security_disabled, check_wide_pairs, check_zone_overlaps):
             findings += check(ctx)
         findings += check_host_defaults(ctx) if host is None else check_host_overlaps(ctx, host)
+        from portwall.analyze.l3audit import router_findings
+
+        findings += router_findings(model, plan)
     if written is not None:
         findings = [f for f in findings if not (
             f.code in ABOUT_A_RULE and f.resources and f.resources[0].type ==

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from portwall.analyze.evaluate import IPAddress, Packet, match_packet, plan_index
-from portwall.ir.l3 import FirewallPlan, FwAction, FwRule, RouterInterface, RouterPlan
+from portwall.ir.l3 import FirewallPlan, FwAction, FwRule, Route, RouterInterface, RouterPlan
 from portwall.ir.types import CtState, HostPlan, Origin
 from portwall.model.protocols import TCP
 
@@ -110,17 +110,20 @@ def fwaas(fw: FirewallPlan, direction: Literal["ingress", "egress"], pkt: Packet
     return FwAction.DENY, None, f"no rule of the {direction} policy matches: default deny"
 
 
-def _route(router: RouterPlan, dst: IPAddress) -> tuple[RouterInterface, IPAddress] | None:
+def _route(router: RouterPlan, dst: IPAddress) -> tuple[RouterInterface, IPAddress, Route] | None:
+    """Longest prefix; at equal length an extra route wins (``ip route replace`` put it in
+    place of the connected or default one)."""
     best = None
     for rt in router.routes:
         if rt.destination.version == dst.version and dst in rt.destination and (
-                best is None or rt.destination.prefixlen > best.destination.prefixlen):
+                best is None or rt.destination.prefixlen > best.destination.prefixlen or (
+                    rt.destination.prefixlen == best.destination.prefixlen and rt.extra)):
             best = rt
     if best is None:
         return None
     itf = router.interface(best.device)
     assert itf is not None
-    return itf, best.via or dst
+    return itf, best.via or dst, best
 
 
 def route_packet(plan: HostPlan, router: RouterPlan, pkt: Packet,
@@ -163,9 +166,13 @@ def route_packet(plan: HostPlan, router: RouterPlan, pkt: Packet,
         w.add("route", f"router {name} has no route to {pkt.dst} (no interface on its subnet"
               " and no gateway)", "deny", router.origin)
         return result("unreachable", pkt, decided_by=router.origin, dnat=dnat)
-    out, via = hop
-    w.add("route", f"router {name}: {pkt.dst} via {out.device}"
-          + (f" next hop {via}" if via != pkt.dst else " (connected)"), "info", out.origin)
+    out, via, rt = hop
+    if rt.extra:
+        w.add("route", f"route {rt.destination} via {via} (router {name} extra route):"
+              f" {pkt.dst} leaves by {out.device}", "info", rt.origin)
+    else:
+        w.add("route", f"router {name}: {pkt.dst} via {out.device}"
+              + (f" next hop {via}" if via != pkt.dst else " (connected)"), "info", out.origin)
     fw_pkt = pkt if pkt.ct is not CtState.UNTRACKED else replace(pkt, ct=CtState.NEW)
     for itf, direction in ((inbound, "egress"), (out, "ingress")):
         fw = None if itf.gateway else router.firewall_of(itf.port_id)

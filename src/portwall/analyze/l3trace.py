@@ -73,6 +73,19 @@ def leave(tracer: Tracer, result: TraceResult, sender: _Sender, port: Port, via:
     routed = sender.router_id is not None and tracer.plan.routers.get(sender.router_id)
     outside = tracer.lab_outside()
     if routed and port.device_owner == "network:router_gateway":
+        if _to_other_router(tracer, result, sender, port, dst):
+            return
+        owner = tracer._owner(dst)
+        if owner is not None:  # a tenant address behind something else: not evaluated
+            what = (f"{dst} is port {owner.label()}'s address, but the packet leaves by"
+                    f" {sender.label}'s gateway towards {via}; whether the upstream routes"
+                    " it back there is not modelled")
+            result.leaves_model(what)
+            result.steps.append(TraceStep("deliver", "address", str(via), "",
+                                          f"unknown: {what}"))
+            result.suggest(f"reach {owner.label()} through its floating IP, or attach both"
+                           " subnets to one router", 1)
+            return
         where = ("the lab's outside host" if outside is not None and dst == outside
                  else "the outside world")
         result.steps.append(TraceStep(
@@ -90,6 +103,28 @@ def leave(tracer: Tracer, result: TraceResult, sender: _Sender, port: Port, via:
         f"unknown: {what}; only {port.label()}'s egress was evaluated, not what lies beyond"))
     result.suggest(f"model the router that owns {via} (routers: with interfaces on its"
                    " subnets) so the whole path can be evaluated", 1)
+
+
+def _to_other_router(tracer: Tracer, result: TraceResult, sender: _Sender, port: Port,
+                     dst: IPAddress) -> bool:
+    """``dst`` is a floating IP of another router on the same external network: that
+    router's gateway answers for it, so the walk goes on through it (DNAT to the port)."""
+    from portwall.analyze.trace import TraceStep
+
+    other = router_with_floating_ip(tracer.plan, dst)
+    if other is None or other.gateway is None or other.id == sender.router_id or \
+            other.gateway.network_id != port.network_id:
+        return False
+    pkt = result.translated or result.packet
+    result.steps.append(TraceStep(
+        "route", "router", other.id, other.name,
+        f"{dst} is a floating IP of router {other.name or other.id}: its gateway"
+        f" {other.gateway.device} answers for it on the external network"))
+    nxt = through_router(tracer, result, other, other.gateway, pkt)
+    if nxt is not None:
+        s2, forced, p2 = nxt
+        tracer._walk(result, s2, p2.dst, p2, forced)
+    return True
 
 
 def from_outside(tracer: Tracer, result: TraceResult, pkt: Packet) -> bool:

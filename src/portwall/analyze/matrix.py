@@ -30,6 +30,7 @@ from typing import Any
 
 from portwall.analyze.evaluate import plan_index
 from portwall.analyze.intervals import Box, box_contains, box_empty, box_intersect
+from portwall.analyze.l3matrix import RoutedMatrix, routed_key
 from portwall.analyze.reach import (
     FULL_BOX,
     OTHER,
@@ -51,6 +52,7 @@ from portwall.ir.types import (
     SpoofCheck,
 )
 from portwall.model.store import Model
+from portwall.topology.spec import LabSpec
 
 #: Up to this many ports the matrix is printed per pair of ports, as users read it best.
 SMALL_MATRIX = 20
@@ -72,14 +74,20 @@ class MatrixRow:
     services: str
     src_ports: tuple[str, ...] = field(default=())
     dst_ports: tuple[str, ...] = field(default=())
+    #: a flow across routers: the path it was evaluated along (``via router r1 (NAT ...)``)
+    path: str = ""
 
     def text(self) -> str:
-        return f"{self.src} -> {self.dst} (IPv{self.family}): {self.services}"
+        via = f" [{self.path}]" if self.path else ""
+        return f"{self.src} -> {self.dst} (IPv{self.family}): {self.services}{via}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"from": self.src, "to": self.dst, "family": self.family,
-                "services": self.services, "from_ports": list(self.src_ports or (self.src,)),
-                "to_ports": list(self.dst_ports or (self.dst,))}
+        out = {"from": self.src, "to": self.dst, "family": self.family,
+               "services": self.services, "from_ports": list(self.src_ports or (self.src,)),
+               "to_ports": list(self.dst_ports or (self.dst,))}
+        if self.path:
+            out["path"] = self.path
+        return out
 
 
 def _natural(name: str) -> tuple[Any, ...]:
@@ -340,19 +348,32 @@ def combine(ing: Services, eg: Services, keys: Iterable[int]) -> Services:
 
 
 def reachability_matrix(model: Model, plan: HostPlan, ports: Iterable[PortPlan] | None = None,
-                        per_port: bool | None = None) -> list[MatrixRow]:
-    """Who can open connections to whom, per protocol and destination port (pure policy:
-    routing is not considered), for every ordered pair of distinct ports with an address of
-    the same family, exhaustively.
+                        per_port: bool | None = None, lab: LabSpec | None = None
+                        ) -> list[MatrixRow]:
+    """Who can open connections to whom, per protocol and destination port, for every
+    ordered pair of distinct ports with an address of the same family, exhaustively.
+
+    Without routers this is pure policy (routing is not considered). With routers in the
+    plan, a pair on different networks is answered along the path trace walks, through
+    FWaaS and NAT (:mod:`portwall.analyze.l3matrix`), and, when the lab has an outside
+    host, rows from it to every floating IP and from every port to it are added.
 
     Computed over classes of equivalent ports (module docstring). ``per_port`` (default:
     at most :data:`SMALL_MATRIX` ports) lists every pair; otherwise one row per sender
     class and answer, naming every receiver with that answer."""
-    del model  # the plan holds everything the answer depends on
     plist = list(plan.ports if ports is None else ports)
     mx = _Matrix(plan, plist)
+    routed = RoutedMatrix(model, plan, lab) if plan.routers else None
+
+    def answer(a: PortPlan, b: PortPlan, fam: int) -> tuple[str, str] | None:
+        if routed is None or not routed_key(a, b) or routed.same_vm(a, b):
+            return None
+        ans = routed.pair(a, b, fam, (mx.class_of[(a.id, "src", fam)],
+                                      mx.class_of[(b.id, "dst", fam)]))
+        return None if ans is None else (ans.text, ans.path)
+
+    out: list[MatrixRow] = []
     if per_port if per_port is not None else len(plist) <= SMALL_MATRIX:
-        rows = []
         for a in plist:
             for b in plist:
                 if a is b:
@@ -361,16 +382,31 @@ def reachability_matrix(model: Model, plan: HostPlan, ports: Iterable[PortPlan] 
                     s = mx.class_of.get((a.id, "src", fam))
                     d = mx.class_of.get((b.id, "dst", fam))
                     if s is not None and d is not None:
-                        rows.append(MatrixRow(a.name, b.name, fam, mx.services(s, d, fam),
-                                              (a.name,), (b.name,)))
-        return rows
-    out = []
+                        got = answer(a, b, fam)
+                        text, path = got if got is not None else (mx.services(s, d, fam), "")
+                        out.append(MatrixRow(a.name, b.name, fam, text, (a.name,), (b.name,),
+                                             path))
+        return out + _outside_rows(routed, plist)
     for fam in (4, 6):
         dsts = list(mx.classes.get(("dst", fam), {}).values())
         for s in mx.classes.get(("src", fam), {}).values():
             by_text: dict[str, list[str]] = {}
+            by_pair: dict[tuple[str, str, str], list[str]] = {}
             for d in dsts:
-                names = [b.name for b in d.ports if not (len(s.ports) == 1 and b is s.ports[0])]
+                names = []
+                for b in d.ports:
+                    if len(s.ports) == 1 and b is s.ports[0]:
+                        continue
+                    if routed is None or not any(routed_key(a, b) for a in s.ports):
+                        names.append(b.name)
+                        continue
+                    for a in s.ports:  # across routers: each pair along its own path
+                        if a is b:
+                            continue
+                        got = answer(a, b, fam)
+                        if got is None:
+                            got = (mx.services(s, d, fam), "")
+                        by_pair.setdefault((a.name, *got), []).append(b.name)
                 if names:
                     by_text.setdefault(mx.services(s, d, fam), []).extend(names)
             src_names = tuple(sorted((a.name for a in s.ports), key=_natural))
@@ -378,4 +414,37 @@ def reachability_matrix(model: Model, plan: HostPlan, ports: Iterable[PortPlan] 
                 names.sort(key=_natural)
                 out.append(MatrixRow(_label(src_names), _label(names), fam, text, src_names,
                                      tuple(names)))
-    return out
+            for (a_name, text, path), names in by_pair.items():
+                names.sort(key=_natural)
+                out.append(MatrixRow(a_name, _label(names), fam, text, (a_name,),
+                                     tuple(names), path))
+    return out + _outside_rows(routed, plist)
+
+
+def _outside_rows(routed: RoutedMatrix | None, plist: Sequence[PortPlan]) -> list[MatrixRow]:
+    """The lab's outside host to every floating IP, and every port to the outside."""
+    if routed is None:
+        return []
+    out_addr = routed.outside()
+    if out_addr is None:
+        return []
+    names = {p.id: p.name for p in plist}
+    label = f"outside ({out_addr})"
+    rows = []
+    for r in routed.plan.routers.values():
+        for f in r.floating_ips:
+            if f.port_id not in names or f.floating.version != out_addr.version:
+                continue
+            ans = routed.answer("outside", str(f.floating), f.floating.version)
+            if ans is not None:
+                dst = f"{f.floating} ({names[f.port_id]})"
+                rows.append(MatrixRow(label, dst, f.floating.version, ans.text, (label,),
+                                      (dst,), ans.path))
+    for p in plist:
+        if not any(a.version == out_addr.version for a in p.addresses):
+            continue
+        ans = routed.answer(p.id, "outside", out_addr.version)
+        if ans is not None:
+            rows.append(MatrixRow(p.name, label, out_addr.version, ans.text, (p.name,),
+                                  (label,), ans.path))
+    return rows

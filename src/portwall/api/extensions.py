@@ -14,6 +14,8 @@ EXTENSIONS: dict[str, tuple[str, str]] = {
     "binding": ("Port Binding", "binding:host_id and friends."),
     "external-net": ("Neutron external network", "router:external networks."),
     "router": ("Neutron L3 Router", "Routers, interfaces and floating IPs."),
+    "extraroute": ("Neutron Extra Route", "Extra routes (destination, nexthop) on routers."),
+    "extraroute-atomic": ("Extra routes atomic", "add_extraroutes / remove_extraroutes."),
     "ext-gw-mode": ("Neutron L3 Configurable external gateway mode", "enable_snat."),
     "fwaas_v2": ("Firewall as a Service v2", "Firewall groups, policies and rules."),
     "standard-attr-revisions": ("Resource revision numbers", "revision_number and If-Match."),

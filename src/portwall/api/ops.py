@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from portwall.model import Conflict, InvalidInput, Model, NotFound
+from portwall.model import Conflict, InvalidInput, Model, NotFound, l3
 from portwall.model.parsing import parse
 from portwall.model.resources import Network, Port, Resource, Subnet
 
@@ -83,7 +83,7 @@ def delete_port(m: Model, ref: str) -> None:
 
 
 # -------------------------------------------------------------------- routers
-ROUTER_UPDATABLE = {"name", "description", "admin_state_up", "external_gateway_info"}
+ROUTER_UPDATABLE = {"name", "description", "admin_state_up", "external_gateway_info", "routes"}
 
 
 def _drop_gateway(m: Model, router_id: str) -> Port | None:
@@ -99,6 +99,7 @@ def update_router(m: Model, ref: str, changes: Mapping[str, Any]) -> Resource:
     interfaces = list(m.router_interfaces.get(old.id, []))
     gw = _drop_gateway(m, old.id) if "external_gateway_info" in changes else None
     body = {**old.model_dump(by_alias=True, exclude={"external_gateway_info"}), **changes}
+    routes = body.pop("routes", [])  # extraroute: checked against the interfaces below
     if "external_gateway_info" not in changes and old.external_gateway_info is not None:
         gw_keep = old.external_gateway_info
     else:
@@ -116,6 +117,12 @@ def update_router(m: Model, ref: str, changes: Mapping[str, Any]) -> Resource:
     if gw_keep is not None:
         new.external_gateway_info = gw_keep
     m.router_interfaces[old.id] = interfaces
+    if "routes" in changes or new.routes != old.routes:
+        try:
+            new = l3.set_routes(m, old.id, routes)
+        except Exception:
+            m.routers[old.id] = old
+            raise
     return new
 
 
@@ -161,6 +168,10 @@ def remove_router_interface(m: Model, ref: str, body: Mapping[str, Any]) -> dict
             raise Conflict(f"Router interface for subnet {subnets[0]} on router {router.id}"
                            " cannot be deleted, as it is required by one or more floating IPs.",
                            resource="router", neutron_type="RouterInterfaceInUseByFloatingIP")
+    if l3.routes_using(m, router.id, {s for s in subnets if s}):
+        raise Conflict(f"Router interface for subnet {subnets[0]} on router {router.id}"
+                       " cannot be deleted, as it is required by one or more routes.",
+                       resource="router", neutron_type="RouterInterfaceInUseByRoute")
     m.router_interfaces[router.id] = [p for p in mine if p != pid]
     m.delete_port(pid)
     return {"id": router.id, "tenant_id": router.project_id, "project_id": router.project_id,

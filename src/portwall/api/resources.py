@@ -22,7 +22,7 @@ from portwall.api import ops, query, tenancy
 from portwall.api.auth import Caller, authenticate
 from portwall.api.errors import ApiError
 from portwall.api.views import rule_view
-from portwall.model import Model
+from portwall.model import Model, l3
 from portwall.model.resources import Resource
 
 Create = Callable[[Model, dict[str, Any]], Any]
@@ -247,6 +247,9 @@ class Handlers:
         if not isinstance(data, dict):
             raise ApiError(400, "Request body must be an object")
 
+        if action.endswith("_extraroutes"):
+            return self.extraroutes(request, rid, action, data)
+
         def op(m: Model) -> dict[str, Any]:
             router = tenancy.lookup(m, c, "router", rid, own=True)
             body = data if c.is_admin else tenancy.resolve_refs(m, c, "router_interface",
@@ -298,6 +301,33 @@ class Handlers:
             item = self.render(cache.model, "firewall_policy", obj)
         self.server.changed()
         return json_response(item)
+
+    def extraroutes(self, request: Request, rid: str, action: str, data: Any) -> Response:
+        """extraroute-atomic: ``PUT /routers/{id}/add_extraroutes`` and
+        ``remove_extraroutes`` with ``{"router": {"routes": [...]}}`` (what ``openstack
+        router add route`` sends); adding a present route or removing an absent one is
+        not an error, as in Neutron."""
+        c = self.caller(request)
+        body = data.get("router") if isinstance(data, dict) else None
+        routes = body.get("routes") if isinstance(body, dict) else None
+        if not isinstance(routes, list) or set(body or {}) != {"routes"}:
+            raise ApiError(400, "Request body must be {\"router\": {\"routes\": [...]}}")
+
+        def op(m: Model) -> Resource:
+            router = tenancy.lookup(m, c, "router", rid, own=True)
+            now = [x.model_dump() for x in m.routers[router.id].routes]
+            if action == "add_extraroutes":
+                new = now + [r for r in routes if r not in now]
+            else:
+                new = [r for r in now if r not in routes]
+            return l3.set_routes(m, router.id, new)
+
+        cache = self.server.cache
+        with cache.lock:
+            obj = cache.mutate(op)
+            item = self.render(cache.model, "router", cache.model.routers[obj.id])
+        self.server.changed()
+        return json_response({"router": item})
 
     # ----------------------------------------------------- security group rules
     def _rules(self, m: Model, c: Caller) -> list[dict[str, Any]]:
@@ -435,11 +465,16 @@ def install(app: FastAPI, server: Any) -> None:
             return await run_in_threadpool(h.router_action, request, rid, action, data)
 
         tags: list[str | Enum] = ["routers"]
+        schema: dict[str, Any] = {"type": "object", "properties": {
+            "subnet_id": {"type": "string"}, "port_id": {"type": "string"}}}
+        if action.endswith("_extraroutes"):
+            route = {"type": "object", "properties": {"destination": {"type": "string"},
+                                                      "nexthop": {"type": "string"}}}
+            schema = {"type": "object", "properties": {"router": {
+                "type": "object", "properties": {"routes": {"type": "array", "items": route}}}}}
         r.add_api_route(f"/routers/{{rid}}/{action}", act, methods=["PUT"], tags=tags,
                         name=action, openapi_extra={"requestBody": {"content": {
-                            "application/json": {"schema": {"type": "object", "properties": {
-                                "subnet_id": {"type": "string"},
-                                "port_id": {"type": "string"}}}}}, "required": True}})
+                            "application/json": {"schema": schema}}, "required": True}})
 
     bind_action("add_router_interface")
     bind_action("remove_router_interface")
@@ -461,4 +496,6 @@ def install(app: FastAPI, server: Any) -> None:
 
     bind_policy_action("insert_rule")
     bind_policy_action("remove_rule")
+    bind_action("add_extraroutes")
+    bind_action("remove_extraroutes")
     app.include_router(r)

@@ -60,7 +60,8 @@ class Views:
                 "network", "floatingip", "router", "security_group"):
             return hit[2]
         d = obj.model_dump(by_alias=True, mode="json")
-        d.update(_EXTRA.get(kind, {}))
+        for k, v in _EXTRA.get(kind, {}).items():  # defaults of fields portwall lacks
+            d.setdefault(k, v)
         d.update(_common(meta, obj.project_id))
         if kind == "network":
             d["subnets"] = [s.id for s in m.subnets_of(obj.id)]

@@ -173,7 +173,7 @@ def audit_cmd(file: str, as_json: bool, fail_on: str, host_rules: str | None,
     with progress(f"auditing {len(plan.ports)} ports", enabled=len(plan.ports) >= 500
                   and not as_json):
         findings = audit(topo.model, plan, host, written=topo.written)
-        mat = reachability_matrix(topo.model, plan) if matrix else None
+        mat = reachability_matrix(topo.model, plan, lab=topo.lab) if matrix else None
     failing = fail_on != "none" and any(
         SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in findings)
     if as_json:
@@ -211,7 +211,8 @@ def _print_audit(findings: list[Finding], mat: list[MatrixRow] | None, fail_on: 
         con.print(Text(wrap("reachability (who can open connections to whom; {a, b} -> {c, d}:"
                             " each of a, b to each other port of c, d)"), style="bold"))
         if mat:  # one write: rich's per-call cost dominated at tens of thousands of rows
-            click.echo("\n".join(f"  {row.text()}" for row in mat))
+            click.echo("\n".join(f"  {row.text()}" if len(row.text()) <= 98 else
+                                  wrap(row.text(), "      ", "  ") for row in mat))
     counts = {sev: sum(f.severity == sev for f in findings) for sev in reversed(SEVERITIES)}
     summary = ", ".join(f"{n} {sev}" for sev, n in counts.items() if n)
     con.print(Text(plural(len(findings), "finding") + (f" ({summary})" if summary else ""),

@@ -30,7 +30,7 @@ from portwall.ir.types import Family, IPNetwork, Match, Origin, OriginKind, Port
 from portwall.model.protocols import protocol_number
 
 if TYPE_CHECKING:
-    from portwall.model.resources import FirewallRule, FloatingIP, Port
+    from portwall.model.resources import FirewallRule, FloatingIP, Port, Router
     from portwall.model.store import Model
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -90,12 +90,14 @@ class RouterInterface:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A route of the router: connected (``via`` None) or through a next hop."""
+    """A route of the router: connected (``via`` None), the default through the external
+    subnet's gateway, or an extra route (``extra``: the router's ``routes`` attribute)."""
 
     destination: IPNetwork
     device: str
     via: IPAddress | None
     origin: Origin
+    extra: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,7 @@ class RouterPlan:
     netns: str
     interfaces: tuple[RouterInterface, ...]  # internal ones (qr-)
     gateway: RouterInterface | None
-    routes: tuple[Route, ...]  # connected first, then the default via the gateway
+    routes: tuple[Route, ...]  # connected, the default via the gateway, then extra routes
     snat: Snat | None
     floating_ips: tuple[FloatingIPNat, ...]
     metadata: MetadataRedirect | None
@@ -309,6 +311,7 @@ def compile_router(m: Model, router_id: str, index: _Index | None = None) -> Rou
             snat = Snat(to, gateway.device, Origin(
                 OriginKind.PROVIDER, ROUTER, r.id, r.name,
                 f"router {label} SNATs traffic leaving by its gateway to {to} (enable_snat)"))
+    routes += _extra_routes(r, (*internal, *((gateway,) if gateway else ())))
     fips = []
     for f in sorted(ix.fips.get(r.id, ()), key=lambda f: f.floating_ip_address or ""):
         if not f.fixed_ip_address or not f.floating_ip_address:
@@ -334,6 +337,25 @@ def compile_router(m: Model, router_id: str, index: _Index | None = None) -> Rou
             fws.append(fw)
     return RouterPlan(r.id, r.name, router_netns(r.id), internal, gateway, tuple(routes), snat,
                       tuple(fips), metadata, tuple(fws), rorigin)
+
+
+def _extra_routes(r: Router, itfs: tuple[RouterInterface, ...]) -> list[Route]:
+    """The router's ``routes`` (extraroute): each leaves by the interface whose subnet holds
+    its nexthop (the model refused any other). Like the L3 agent's ``ip route replace``, an
+    extra route replaces a connected or default route with the same destination."""
+    out = []
+    label = r.label()
+    for er in r.routes:
+        dest = ipaddress.ip_network(er.destination, strict=False)
+        hop = ipaddress.ip_address(er.nexthop)
+        itf = next((i for i in itfs if any(hop.version == n.version and hop in n
+                                           for n in i.networks())), None)
+        if itf is None:  # its interface was removed behind the model's back: no route
+            continue
+        out.append(Route(dest, itf.device, hop, Origin(
+            OriginKind.PROVIDER, ROUTER, r.id, r.name,
+            f"route {dest} via {hop} (router {label} extra route)"), extra=True))
+    return out
 
 
 def compile_routers(m: Model) -> dict[str, RouterPlan]:

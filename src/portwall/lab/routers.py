@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -144,9 +145,23 @@ def _plug(host_ns: str, ns: str, r: RouterPlan, itf: RouterInterface) -> None:
 
 
 def _routes(ns: str, r: RouterPlan) -> None:
+    """Every route with a next hop (the default, extra routes) with ``ip route replace``,
+    as the L3 agent does; next-hop routes the plan no longer has are deleted."""
+    want = {(str(rt.destination), str(rt.via)) for rt in r.routes if rt.via is not None}
     with _ipr(ns) as rip:
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for kr in rip.get_routes(family=fam, table=254):
+                gw = kr.get_attr("RTA_GATEWAY")
+                if gw is None:
+                    continue
+                dst = kr.get_attr("RTA_DST") or ("0.0.0.0" if fam == socket.AF_INET else "::")
+                key = (str(ipaddress.ip_network(f"{dst}/{kr['dst_len']}")),
+                       str(ipaddress.ip_address(gw)))
+                if key not in want:
+                    with contextlib.suppress(NetlinkError):
+                        rip.route("del", dst=key[0], gateway=key[1], family=fam)
         for rt in r.routes:
-            if rt.via is None or rt.destination.prefixlen != 0:
+            if rt.via is None:
                 continue
             fam = socket.AF_INET if rt.via.version == 4 else socket.AF_INET6
             with contextlib.suppress(NetlinkError):

@@ -16,13 +16,24 @@ from portwall.model.errors import Conflict, InvalidInput, NotFound, PortwallErro
 from portwall.model.networks import allocate
 from portwall.model.parsing import parse, required
 from portwall.model.ports import create_port
-from portwall.model.resources import ExternalFixedIP, FloatingIP, Port, Router, Subnet
+from portwall.model.resources import (
+    ExternalFixedIP,
+    FloatingIP,
+    Port,
+    Router,
+    RouterRoute,
+    Subnet,
+)
 from portwall.model.storage import Storage as Model
 
 
 def create_router(m: Model, body: Mapping[str, Any]) -> Router:
     """``POST /routers``; a gateway gets a port (and address) on the external network."""
+    if body.get("routes"):  # extraroute: allow_post False, the nexthops need interfaces
+        raise InvalidInput("Attribute 'routes' not allowed in POST", field="routes",
+                           resource="router", neutron_type="HTTPBadRequest")
     data = {"id": m._new_id("router", str(body.get("name", ""))), **body}
+    data.pop("routes", None)
     gw = data.get("external_gateway_info")
     if gw and "network_id" in gw:
         net = m.get("network", gw["network_id"], field="external_gateway_info.network_id")
@@ -123,6 +134,98 @@ def add_router_interface(m: Model, ref: str, body: Mapping[str, Any]) -> Port:
     m.router_interfaces[router.id].append(port.id)
     m.touch("router", router.id)
     return port
+
+
+#: Neutron's ``max_routes`` default.
+MAX_ROUTES = 30
+
+
+def _routes_error(routes: Any, reason: str) -> InvalidInput:
+    return InvalidInput(f"Invalid format for routes: {routes}, {reason}", field="routes",
+                        resource="router", neutron_type="InvalidRoutes")
+
+
+def _hostroutes_error(data: Any) -> str | None:
+    """neutron-lib's ``type:hostroutes`` validator: the first problem, in its words."""
+    if not isinstance(data, list):
+        return f"Invalid data format for hostroute: '{data}'"
+    keys = ["destination", "nexthop"]
+    seen: list[Any] = []
+    for route in data:
+        if not isinstance(route, dict):
+            return f"Invalid input. '{route}' must be a dictionary with keys: {keys}"
+        if set(route) != set(keys):
+            return (f"Validation of dictionary's keys failed. Expected keys: {set(keys)}"
+                    f" Provided keys: {set(route)}")
+        dest = str(route["destination"])
+        try:
+            net = ipaddress.ip_network(dest, strict=False)
+        except ValueError:
+            return f"'{dest}' is not a valid IP subnet"
+        if "/" not in dest or ipaddress.ip_interface(dest).ip != net.network_address:
+            return f"'{dest}' isn't a recognized IP subnet cidr, '{net}' is recommended"
+        try:
+            ipaddress.ip_address(str(route["nexthop"]))
+        except ValueError:
+            return f"'{route['nexthop']}' is not a valid IP address"
+        if route in seen:
+            return f"Duplicate hostroute '{route}'"
+        seen.append(route)
+    return None
+
+
+def set_routes(m: Model, ref: str, routes: Any) -> Router:
+    """``PUT /routers/{id}`` with ``routes`` (extraroute): validated as Neutron does, then
+    stored on a new Router object (the router compiler keys its cache on objects).
+
+    A nexthop must lie on a subnet of one of the router's ports (internal interfaces or
+    gateway, as Neutron's ``_validate_routes_nexthop``) and must not be the router's own
+    address; at most :data:`MAX_ROUTES` routes."""
+    router = m.get("router", ref)
+    routes = [] if routes is None else routes
+    why = _hostroutes_error(routes)
+    if why is not None:
+        raise InvalidInput(f"Invalid input for routes. Reason: {why}.", field="routes",
+                           resource="router", neutron_type="HTTPBadRequest")
+    if len(routes) > MAX_ROUTES:
+        raise InvalidInput(
+            f"Unable to complete operation for {router.id}. The number of routes exceeds the"
+            f" maximum {MAX_ROUTES}.", field="routes", resource="router",
+            neutron_type="RoutesExhausted")
+    cidrs, ips = [], set()
+    for p in m.ports.values():
+        if p.device_id != router.id or not p.device_owner.startswith("network:router"):
+            continue
+        for f in p.fixed_ips:
+            sub = m.subnets.get(f.subnet_id or "")
+            if sub is not None:
+                cidrs.append(sub.network)
+            if f.ip_address:
+                ips.add(ipaddress.ip_address(f.ip_address))
+    shown = [{"destination": str(r["destination"]), "nexthop": str(r["nexthop"])}
+             for r in routes]
+    for r in shown:
+        hop = ipaddress.ip_address(r["nexthop"])
+        if not any(hop.version == c.version and hop in c for c in cidrs):
+            raise _routes_error(shown, "the nexthop is not connected with router")
+        if hop in ips:
+            raise _routes_error(shown, "the nexthop is used by router")
+        if ipaddress.ip_network(r["destination"], strict=False).version != hop.version:
+            raise _routes_error(shown, "the nexthop and the destination are not the same"
+                                " IP version")
+    new = router.model_copy(update={"routes": [RouterRoute(**r) for r in shown]})
+    m.routers[router.id] = new
+    return new
+
+
+def routes_using(m: Model, router_id: str, subnet_ids: set[str]) -> list[RouterRoute]:
+    """The router's extra routes whose nexthop lies on one of ``subnet_ids`` (Neutron
+    refuses to remove such an interface: RouterInterfaceInUseByRoute)."""
+    nets = [m.subnets[s].network for s in subnet_ids if s in m.subnets]
+    router = m.routers[router_id]
+    return [r for r in router.routes if any(
+        ipaddress.ip_address(r.nexthop) in n for n in nets
+        if n.version == ipaddress.ip_address(r.nexthop).version)]
 
 
 def create_floatingip(m: Model, body: Mapping[str, Any]) -> FloatingIP:

@@ -393,10 +393,20 @@ class ExternalGatewayInfo(BaseModel):
     external_fixed_ips: list[ExternalFixedIP] = Field(default_factory=list)
 
 
+class RouterRoute(BaseModel):
+    """One extra route of a router (the ``extraroute`` extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+    destination: str
+    nexthop: str
+
+
 class Router(Resource):
     admin_state_up: bool = True
     external_gateway_info: ExternalGatewayInfo | None = None
     description: str = ""
+    #: extra routes; set with ``PUT`` after the interfaces exist (see ``model.l3.set_routes``)
+    routes: list[RouterRoute] = Field(default_factory=list)
 
 
 class FloatingIP(Resource):

@@ -328,6 +328,7 @@ class _Builder:
                       name=body.get("name"))
         for loc, body in self.unique("router", self.items("routers")):
             interfaces = body.pop("interfaces", None) or []
+            routes = body.pop("routes", None)  # extraroute: nexthops need the interfaces
             router = self.call(loc, m.create_router, self.with_project(body), kind="router",
                                name=body.get("name"))
             if router is None:
@@ -335,6 +336,10 @@ class _Builder:
             for j, ref in enumerate(interfaces):
                 req = ref if isinstance(ref, dict) else {"subnet_id": ref}
                 self.call(f"{loc}.interfaces[{j}]", m.add_router_interface, router.id, req)
+            if routes:
+                from portwall.model.l3 import set_routes
+
+                self.call(loc, set_routes, m, router.id, routes)
         for section, kind, fn in (
                 ("floating_ips", "floatingip", m.create_floatingip),
                 ("firewall_rules", "firewall_rule", m.create_firewall_rule),
