@@ -121,6 +121,7 @@ class Agent:
 
     def step(self) -> bool:
         """Follow the feed once; True when something was enforced."""
+        self.metrics.stale.set(1 if self.stale() else 0)
         if self.cache is None:
             self.resync()
             self.report(force=True)
@@ -162,7 +163,13 @@ class Agent:
                 "ports": len(self.plan.ports) if self.plan is not None else 0,
                 "rules": counts.get("rules", 0), "set_elements": counts.get("set_elements", 0),
                 "drift_repairs": self.drift_repairs, "last_error": self.last_error,
-                "netns": self.opts.netns or ""}
+                "netns": self.opts.netns or "", "stale": self.stale(),
+                "store": self.store.url.split("://", 1)[0] if hasattr(self.store, "url")
+                else ""}
+
+    def stale(self) -> bool:
+        """Fail static: the store is out of reach, so the kernel keeps the last state."""
+        return bool(getattr(self.store, "stale", False))
 
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -200,6 +207,7 @@ class Agent:
                 self.report()
             except Exception as e:
                 # Fail static: keep enforcing the last state, say so, retry.
+                self.metrics.stale.set(1 if self.stale() else 0)
                 self.metrics.errors.inc()
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("agent step failed")
@@ -209,6 +217,10 @@ class Agent:
                 self._wait()
 
     def _wait(self) -> None:
+        waiter = getattr(self.store, "wait", None)
+        if callable(waiter) and self.cache is not None:  # a watched store: woken on news
+            waiter(self.cache.revision, max(self.opts.poll_interval, 0.5))
+            return
         if self.wake is not None:
             with self.wake:
                 self.wake.wait(timeout=max(self.opts.poll_interval, 0.5))

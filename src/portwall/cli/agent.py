@@ -57,7 +57,7 @@ def agent_cmd(config_file: str | None, host: str | None, server: str | None,
     else:
         from portwall.store import open_store
 
-        store = open_store(db or "")
+        store = open_store(db or "", host=opts.host)  # etcd: this host's view only
     agent = Agent(store, opts)
     signal.signal(signal.SIGTERM, lambda *_: agent._stop.set())
     click.echo(f"portwall agent: host {opts.host or '(all ports)'}, backend "

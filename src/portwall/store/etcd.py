@@ -93,6 +93,8 @@ class EtcdStore:
         self.index = HostIndex()
         self._own: set[int] = set()  # own commits the watch has not delivered yet
         self.last_commit = 0
+        self.load_target = 0
+        self._compacted_at = 0  # the compaction this process knows of (history before: gone)
         with self.feed.cond:
             first = self._load()
             self.feed.log_start = 0 if first == 0 else self.feed.delivered
@@ -119,6 +121,7 @@ class EtcdStore:
                 records.append(decode(k[0], k[1], kv.value))
         self.index.load(records)
         self.index.revision = rev
+        self.load_target = max((kv.mod_revision for kv in kvs), default=0)
         self.feed.delivered = rev
         self.feed.log = []
         self._own.clear()
@@ -126,6 +129,7 @@ class EtcdStore:
 
     def _on_compacted(self) -> int:
         with self.feed.cond:
+            self._compacted_at = max(self._compacted_at, self.feed.delivered)
             self._load()
             self.feed.log_start = self.feed.delivered
             self.feed.cond.notify_all()
@@ -180,6 +184,24 @@ class EtcdStore:
 
     def changes(self, since_revision: int) -> ChangeSet:
         self._caught_up(self.head())
+        with self.feed.cond:
+            start, target = self.feed.log_start, self.load_target
+        if since_revision < start and since_revision < target and not self._compacted_at:
+            # older than this process: read it back from etcd's history (if not compacted)
+            old = ec.history(self.gw, self.mp, since_revision, target)
+            if old is not None:
+                with self.feed.cond:
+                    cs = self.feed.since(start, self.index.recs)
+                    keys = {(c.kind, c.id) for c in cs.changes}
+                    early: dict[Key, int] = {}
+                    for kv in old:
+                        k = self._split(kv.key)
+                        if k is not None and k not in keys:
+                            early[k] = kv.mod_revision
+                    cs.changes[:0] = [Change(r, k[0], k[1], self.index.recs.get(k))
+                                      for k, r in sorted(early.items(), key=lambda x: x[1])]
+                    cs.since = since_revision
+                    return cs
         with self.feed.cond:
             return self.feed.since(since_revision, self.index.recs)
 
@@ -260,6 +282,7 @@ class EtcdStore:
         """Compact etcd's history up to ``keep_after``; followers behind it resync."""
         self.gw.compact(keep_after)
         with self.feed.cond:
+            self._compacted_at = max(self._compacted_at, keep_after)
             self.feed.log = [e for e in self.feed.log if e[0] > keep_after]
             self.feed.log_start = max(self.feed.log_start, keep_after)
 
@@ -317,10 +340,18 @@ class EtcdHostStore:
         self.feed = _Feed()
         self.records: dict[Key, Record] = {}
         self.loads = 0
+        self.watch: ec.Watch | None = None
+        with contextlib.suppress(ec.Unavailable):  # etcd down at start: retried on use
+            self._start()
+
+    def _start(self) -> None:
+        """Load the view and start watching (never before a load succeeded: an agent must
+        not enforce an empty view because etcd was unreachable)."""
         with self.feed.cond:
-            self._load()
-        self.watch = ec.Watch(self.gw, self.hp, self.feed.delivered, self._on_events,
-                              self._on_compacted, self.feed.state)
+            if self.watch is None:
+                self._load()
+                self.watch = ec.Watch(self.gw, self.hp, self.feed.delivered,
+                                      self._on_events, self._on_compacted, self.feed.state)
 
     def _split(self, key: str) -> Key:
         kind, _, rid = key[len(self.hp):].partition("/")
@@ -340,6 +371,7 @@ class EtcdHostStore:
 
     def _on_compacted(self) -> int:
         with self.feed.cond:
+            self._compacted_at = max(self._compacted_at, self.feed.delivered)
             self._load()
             self.feed.cond.notify_all()
             return self.feed.delivered
@@ -362,11 +394,15 @@ class EtcdHostStore:
     @property
     def stale(self) -> bool:
         """True when the watch has been down for over a second (etcd unreachable)."""
+        if self.watch is None:
+            return True
         down = self.feed.down_since
         return down is not None and time.monotonic() - down > 1.0
 
     def stats(self) -> dict[str, int]:
         w = self.watch
+        if w is None:
+            return {"loads": self.loads}
         return {"watch_events": w.events, "watch_event_bytes": w.event_bytes,
                 "watch_bytes": w.bytes, "watch_responses": w.responses, "loads": self.loads}
 
@@ -382,11 +418,13 @@ class EtcdHostStore:
         return self.records.get((kind, rid))
 
     def list(self, kind: str | None = None) -> tuple[list[Record], int]:
+        self._start()
         with self.feed.cond:
             return ([r for k, r in self.records.items() if kind in (None, k[0])],
                     self.feed.delivered)
 
     def changes(self, since_revision: int) -> ChangeSet:
+        self._start()
         if self.stale:
             raise ec.Unavailable(f"etcd unreachable: host {self.host} is enforcing its last"
                                  f" state (revision {self.feed.delivered})")
@@ -408,5 +446,6 @@ class EtcdHostStore:
         self.gw.txn([], [ec.op_put(f"{self.prefix}/m/r/agent/{rid}", encode(rec))])
 
     def close(self) -> None:
-        self.watch.stop()
+        if self.watch is not None:
+            self.watch.stop()
         self.gw.close()

@@ -225,6 +225,35 @@ class Watch:
         self._session.close()
 
 
+def history(gw: Gateway, prefix: str, after: int, until: int,
+            timeout: float = 10.0) -> list[KV] | None:
+    """Events under ``prefix`` in (after, until] read back from etcd's history with a
+    short-lived watch; None when compaction removed them."""
+    if until <= after:
+        return []
+    req = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
+                              "start_revision": after + 1}}
+    out: list[KV] = []
+    ep = gw.endpoints[gw.current]
+    with requests.post(f"http://{ep}/v3/watch", json=req, stream=True,
+                       timeout=(2.0, timeout)) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.strip():
+                continue
+            res = json.loads(line).get("result", {})
+            if int(res.get("compact_revision", 0) or 0) > 0:
+                return None
+            for e in res.get("events") or []:
+                kv = _kv(e["kv"], e.get("type") == "DELETE")
+                if kv.mod_revision > until:
+                    return out
+                out.append(kv)
+            if out and out[-1].mod_revision >= until:
+                return out
+    return out
+
+
 def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -46,7 +46,10 @@ def decode(kind: str, rid: str, value: bytes | str) -> Record:
 
 
 def _member(r: Record) -> str:
-    body = {k: r.body[k] for k in MEMBER_FIELDS if k in r.body}
+    if r.kind == "security_group":  # a remote group: the set's name, not its rules
+        body = {k: r.body[k] for k in ("id", "name", "project_id") if k in r.body}
+    else:
+        body = {k: r.body[k] for k in MEMBER_FIELDS if k in r.body}
     text = json.dumps(body, separators=(",", ":"), sort_keys=True)
     # revision_number: changes exactly when the projection does (the incremental compiler
     # skips a port whose (id, revision_number) it has seen)
@@ -154,7 +157,7 @@ class HostIndex:
             out.discard("")
             return out
         if kind == "security_group":
-            return self._hosts_of_groups([r.id])
+            return self._hosts_of_groups({r.id, *self.refs_to.get(r.id, ())})
         if kind in ("network", "subnet"):
             net = r.id if kind == "network" else b.get("network_id", "")
             out = self._hosts_of_nets([net])
@@ -191,9 +194,11 @@ class HostIndex:
             groups.update(b.get("security_groups") or [])
         groups = {g for g in groups if ("security_group", g) in self.recs}
         full.update(("security_group", g) for g in groups)
+        remote: set[str] = set()
         for g in groups:
             for rg in self._remotes(self.recs[("security_group", g)].body):
                 member.update(self.ports_by_group.get(rg, ()))
+                remote.add(rg)
         routers = {rid for n in list(nets) for rid in self.routers_by_net.get(n, ())}
         rports: set[str] = set()
         for rid in routers:
@@ -228,6 +233,9 @@ class HostIndex:
                 full.add(("network", n))
             full.update(("subnet", s) for s in self.subnets_by_net.get(n, ()))
         out = {k: self._value(k[0], k[1], FULL) for k in full}
+        for g in remote - groups:
+            if ("security_group", g) in self.recs:
+                out[("security_group", g)] = self._value("security_group", g, MEMBER)
         for pid in member:
             if ("port", pid) not in out:
                 out[("port", pid)] = self._value("port", pid, MEMBER)
