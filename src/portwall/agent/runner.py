@@ -207,10 +207,15 @@ class Agent:
                 self.report()
             except Exception as e:
                 # Fail static: keep enforcing the last state, say so, retry.
-                self.metrics.stale.set(1 if self.stale() else 0)
+                stale = self.stale()
+                self.metrics.stale.set(1 if stale else 0)
                 self.metrics.errors.inc()
-                self.last_error = f"{type(e).__name__}: {e}"
-                log.exception("agent step failed")
+                error = f"{type(e).__name__}: {e}"
+                if not stale:
+                    log.exception("agent step failed")
+                elif error != self.last_error:
+                    log.warning("%s (kernel state kept)", error)
+                self.last_error = error
                 did = False
                 self._stop.wait(1.0)
             if not did:

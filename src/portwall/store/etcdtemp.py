@@ -8,6 +8,7 @@ removes the directory on exit -- also when start-up fails half-way. Members can 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -147,3 +148,48 @@ class TempEtcd:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
+
+
+STATE = "cluster.json"
+
+
+def detach(cluster: TempEtcd) -> Path:
+    """Leave ``cluster`` running after this process; its state file (for :func:`stop_dir`)."""
+    import json
+
+    path = cluster.dir / STATE
+    path.write_text(json.dumps({"url": cluster.url(), "endpoints": cluster.endpoints(),
+                                "pids": [p.pid for p in cluster.procs if p is not None]}))
+    return path
+
+
+def stop_dir(directory: Path) -> list[int]:
+    """Stop a detached cluster by its directory (SIGTERM, then SIGKILL) and remove it."""
+    import json
+
+    state = json.loads((directory / STATE).read_text())
+    pids = [int(p) for p in state["pids"]]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(directory, ignore_errors=True)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of ours is gone for our purposes
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    return True
