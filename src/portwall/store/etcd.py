@@ -94,7 +94,7 @@ class EtcdStore:
         self._own: set[int] = set()  # own commits the watch has not delivered yet
         self.last_commit = 0
         self.load_target = 0
-        self._compacted_at = 0  # the compaction this process knows of (history before: gone)
+        self._compacted_at: int = 0  # the compaction this process knows of (history before: gone)
         with self.feed.cond:
             first = self._load()
             self.feed.log_start = 0 if first == 0 else self.feed.delivered
@@ -371,7 +371,6 @@ class EtcdHostStore:
 
     def _on_compacted(self) -> int:
         with self.feed.cond:
-            self._compacted_at = max(self._compacted_at, self.feed.delivered)
             self._load()
             self.feed.cond.notify_all()
             return self.feed.delivered

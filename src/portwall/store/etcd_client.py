@@ -10,6 +10,7 @@ gateway's stream itself: one JSON object per line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
@@ -174,7 +175,7 @@ class Watch:
             self._stop.wait(0.2)
 
     def _follow(self, endpoint: str) -> None:
-        req = {"create_request": {"key": b64(self.prefix),
+        req: dict[str, Any] = {"create_request": {"key": b64(self.prefix),
                                   "range_end": b64(prefix_end(self.prefix)),
                                   "start_revision": self.last + 1, "progress_notify": True}}
         self._resp = resp = self._session.post(f"http://{endpoint}/v3/watch", json=req,
@@ -216,10 +217,8 @@ class Watch:
         self._stop.set()
         resp = self._resp
         if resp is not None:
-            try:
-                resp.raw._fp.fp.raw._sock.shutdown(2)  # type: ignore[union-attr]
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):  # unblock the reader thread now
+                resp.raw._fp.fp.raw._sock.shutdown(2)
             resp.close()
         self._thread.join(timeout=5)
         self._session.close()
@@ -231,8 +230,9 @@ def history(gw: Gateway, prefix: str, after: int, until: int,
     short-lived watch; None when compaction removed them."""
     if until <= after:
         return []
-    req = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
-                              "start_revision": after + 1}}
+    req: dict[str, Any] = {"create_request": {"key": b64(prefix),
+                                              "range_end": b64(prefix_end(prefix)),
+                                              "start_revision": after + 1}}
     out: list[KV] = []
     ep = gw.endpoints[gw.current]
     with requests.post(f"http://{ep}/v3/watch", json=req, stream=True,

@@ -46,10 +46,10 @@ def decode(kind: str, rid: str, value: bytes | str) -> Record:
 
 
 def _member(r: Record) -> str:
+    fields: tuple[str, ...] = MEMBER_FIELDS
     if r.kind == "security_group":  # a remote group: the set's name, not its rules
-        body = {k: r.body[k] for k in ("id", "name", "project_id") if k in r.body}
-    else:
-        body = {k: r.body[k] for k in MEMBER_FIELDS if k in r.body}
+        fields = ("id", "name", "project_id")
+    body = {k: r.body[k] for k in fields if k in r.body}
     text = json.dumps(body, separators=(",", ":"), sort_keys=True)
     # revision_number: changes exactly when the projection does (the incremental compiler
     # skips a port whose (id, revision_number) it has seen)
@@ -267,14 +267,14 @@ class HostIndex:
                 if before.get(rid) != self.router_nets.get(rid):
                     affected |= self._hosts_of_nets(before.get(rid, set()))
                     affected |= self._router_hosts(rid)
-        for kind, rid, new in changes:
+        for kind, _rid, new in changes:
             affected |= self._concern(kind, new)
         diff: Diff = {}
         for host in sorted(affected):
-            before = self.views.get(host, {})
+            seen = self.views.get(host, {})
             after = self.view(host)
-            puts = {k: v for k, v in after.items() if before.get(k) != v}
-            dels = set(before) - set(after)
+            puts = {k: v for k, v in after.items() if seen.get(k) != v}
+            dels = set(seen) - set(after)
             if after:
                 self.views[host] = after
             else:
