@@ -106,3 +106,47 @@ def test_change_elsewhere_sends_nothing() -> None:
     m.create_security_group_rule({"security_group_id": x["db"].id, "direction": "ingress",
                                   "protocol": "icmp"})
     assert set(change("security_group", m.security_groups[x["db"].id])) == {"h3"}
+
+
+def test_incremental_views_equal_fresh_ones() -> None:
+    """After each change, applied incrementally, every host's view equals the view a
+    fresh index computes from all resources (no host missed, nothing left behind)."""
+    m, x = cloud()
+    index = HostIndex()
+    index.load(records(m))
+    ports = x["ports"]
+    ext = next(n for n in m.networks.values() if n.name == "ext")
+    fip = next(iter(m.floating_ips.values()))
+    router = next(iter(m.routers.values()))
+    steps = [
+        lambda: m.update_port(ports["a1"].id, {"allowed_address_pairs": [
+            {"ip_address": "10.1.0.77"}]}),
+        lambda: m.update_port(ports["x1"].id, {"security_groups": [x["web"].id]}),
+        lambda: m.create_security_group_rule({
+            "security_group_id": x["app"].id, "direction": "ingress",
+            "remote_group_id": x["db"].id}),
+        lambda: m.create_port({"name": "d2", "network_id": x["n2"].id,
+                               "binding:host_id": "h1", "security_groups": [x["db"].id]}),
+        lambda: m.update_floatingip(fip.id, {"port_id": None}),
+        lambda: m.update_floatingip(fip.id, {"port_id": ports["w2"].id}),
+        lambda: m.add_router_interface(router.id, {"subnet_id": m.subnets_of(
+            x["n2"].id)[0].id}),
+        lambda: m.update_security_group(x["app"].id, {"name": "app2"}),
+        lambda: m.create_subnet({"network_id": ext.id, "cidr": "198.51.100.0/24"}),
+        lambda: m.delete_port(ports["w1"].id),
+        lambda: m.delete_port(ports["a2"].id),
+    ]
+    before = {(r.kind, r.id): r for r in records(m)}
+    for step in steps:
+        step()
+        now = {(r.kind, r.id): r for r in records(m)}
+        changes = [(k[0], k[1], now.get(k)) for k in sorted(set(before) | set(now))
+                   if (now.get(k) and now[k].body) != (before.get(k) and before[k].body)]
+        assert changes
+        index.apply(changes)
+        fresh = HostIndex()
+        fresh.load(list(now.values()))
+        for host in HOSTS:
+            assert index.views.get(host, {}) == fresh.views.get(host, {}), (step, host)
+            assert index.view(host) == fresh.view(host)
+        before = now

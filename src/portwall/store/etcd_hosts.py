@@ -68,6 +68,7 @@ class HostIndex:
         self.net_hosts: dict[str, Counter[str]] = {}
         self.refs_to: dict[str, set[str]] = {}  # group -> groups whose rules name it remote
         self.fips_by_router: dict[str, set[str]] = {}
+        self.fips_by_port: dict[str, set[str]] = {}  # port -> floating IPs pointing at it
         self.routers_by_net: dict[str, set[str]] = {}
         self.router_nets: dict[str, set[str]] = {}
         self.gw_ports: dict[str, set[str]] = {}  # router -> its gateway port(s)
@@ -107,9 +108,12 @@ class HostIndex:
         elif kind in FW_KINDS:
             s = self.by_kind.setdefault(kind, set())
             (s.add if sign > 0 else s.discard)(r.id)
-        elif kind == "floatingip" and b.get("router_id"):
-            s = self.fips_by_router.setdefault(b["router_id"], set())
-            (s.add if sign > 0 else s.discard)(r.id)
+        elif kind == "floatingip":
+            for idx, k in ((self.fips_by_router, b.get("router_id")),
+                           (self.fips_by_port, b.get("port_id"))):
+                if k:
+                    s = idx.setdefault(k, set())
+                    (s.add if sign > 0 else s.discard)(r.id)
 
     @staticmethod
     def _remotes(group: dict[str, Any]) -> set[str]:
@@ -151,6 +155,9 @@ class HostIndex:
             groups = b.get("security_groups") or []
             out = {b.get("binding:host_id") or ""}
             out |= self._hosts_of_groups(g2 for g in groups for g2 in self.refs_to.get(g, ()))
+            for fid in self.fips_by_port.get(r.id, ()):  # a floating IP's target
+                out |= self._router_hosts((self._body("floatingip", fid) or {}).get(
+                    "router_id") or "")
             if str(b.get("device_owner", "")).startswith("network:router"):
                 out |= self._router_hosts(b.get("device_id", ""))
                 out |= self._hosts_of_nets(self.routers_by_net.get(b.get("network_id", ""), ()))
@@ -163,6 +170,9 @@ class HostIndex:
             out = self._hosts_of_nets([net])
             for rid in self.routers_by_net.get(net, ()):
                 out |= self._router_hosts(rid)
+            for rid, gws in self.gw_ports.items():  # routers with their gateway here
+                if any((self._body("port", p) or {}).get("network_id") == net for p in gws):
+                    out |= self._router_hosts(rid)
             return out
         if kind == "router":
             return self._router_hosts(r.id)
