@@ -23,6 +23,8 @@ import requests
 from etcd3gw import exceptions as gwexc
 from etcd3gw.client import Etcd3Client
 
+from portwall.model.errors import PortwallError
+
 log = logging.getLogger("portwall.etcd")
 
 #: Errors after which another member may still answer.
@@ -30,8 +32,11 @@ UNREACHABLE = (gwexc.ConnectionFailedError, gwexc.ConnectionTimeoutError,
                gwexc.InternalServerError)
 
 
-class Unavailable(Exception):
-    """No member of the cluster answered."""
+class Unavailable(PortwallError):
+    """No member of the cluster answered (the API answers 503: retry later)."""
+
+    status = 503
+    neutron_type = "ServiceUnavailable"
 
 
 def b64(s: str | bytes) -> str:
