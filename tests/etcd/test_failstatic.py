@@ -74,8 +74,12 @@ def test_agent_fails_static_and_converges(lab: Lab, cluster: etcdtemp.TempEtcd) 
             {"ip_address": "192.168.1.0/24"}]}))
         wait_for(lambda: agent.applied_revision >= store.last_commit, what="a change")
         assert view.stats()["watch_events"] > after["watch_events"]
-        rec = store.get("agent", agent_record_id("h1"))
-        assert rec is not None and rec.body["applied_revision"] >= store.last_commit - 1
+
+        def reported() -> int:
+            rec = store.get("agent", agent_record_id("h1"))
+            return -1 if rec is None else int(rec.body["applied_revision"])
+
+        wait_for(lambda: reported() >= store.last_commit, 10, "the status report")
 
         with Server(box.vm("vm0"), tcp=[22], udp=[5353]), \
                 Server(box.vm("serverY"), udp=[5353]), \
