@@ -20,7 +20,7 @@ fi
 
 PKGS="iptables ipset conntrack nftables python3-nftables python3-venv python3-pip
       iproute2 ethtool tcpdump iputils-ping iputils-arping netcat-openbsd openvswitch-switch
-      postgresql"
+      postgresql etcd-server etcd-client"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -76,3 +76,16 @@ def backend_bridge(backend_name: str) -> str:
     from portwall import backends
 
     return backends.get(backend_name).bridge
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[object]:
+    """One private 1-member etcd per test worker (tests use their own key prefix in it);
+    None when etcd is not installed. Always stopped and removed."""
+    from portwall.store import etcdtemp
+
+    if etcdtemp.unavailable():
+        yield None
+        return
+    with etcdtemp.TempEtcd(1) as cluster:
+        yield cluster

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,16 @@ def pg_cluster() -> Iterator[pgtemp.TempPostgres | None]:
         yield pg
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "etcd"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path,
               pg_cluster: pgtemp.TempPostgres | None) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/portwall.db"
+    if request.param == "etcd":
+        cluster = request.getfixturevalue("etcd_cluster")
+        if cluster is None:
+            pytest.skip("etcd is not installed (bash scripts/etcd.sh install)")
+        return str(cluster.url("pwt-" + uuid.uuid4().hex[:12]))
     if pg_cluster is None:
         pytest.skip(f"PostgreSQL unavailable: {pgtemp.unavailable()}")
     return pg_cluster.create_database()

@@ -23,6 +23,9 @@ class Metrics:
                                      registry=r)
         self.errors = Counter("portwall_agent_errors", "Failed applies or feed reads",
                               registry=r)
+        self.stale = Gauge("portwall_agent_stale",
+                           "1 while the store is unreachable (enforcing the last state)",
+                           registry=r)
         self.applies = Counter("portwall_agent_applies", "Applies that wrote something",
                                registry=r)
 

@@ -17,7 +17,8 @@ from portwall.cli.common import fail
 @click.option("--server", default=None, help="Follow a portwall server: http://HOST:9696.")
 @click.option("--token", default=None, envvar="PORTWALL_ADMIN_TOKEN",
               help="Admin token for --server (also PORTWALL_ADMIN_TOKEN).")
-@click.option("--db", default=None, help="Or read the store directly: sqlite:///... or postgresql://...")
+@click.option("--db", default=None, help="Or read the store directly: sqlite:///..., postgresql://... or "
+              "etcd://H:P[,H:P...] (this host's view only).")
 @click.option("--backend", default=None, help="Dataplane backend [default: iptables].")
 @click.option("--netns", default=None, help="Network namespace to enforce in [default: own].")
 @click.option("--resync-interval", type=float, default=None,
@@ -32,6 +33,7 @@ def agent_cmd(config_file: str | None, host: str | None, server: str | None,
     \b
     portwall agent --host compute1 --server http://127.0.0.1:9696 --token T
     portwall agent --host compute1 --db sqlite:///var/lib/portwall/pw.db
+    portwall agent --host compute1 --db etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379
     """
     from portwall.agent.runner import Agent, AgentOptions
     from portwall.api import config as cfgmod
@@ -57,7 +59,7 @@ def agent_cmd(config_file: str | None, host: str | None, server: str | None,
     else:
         from portwall.store import open_store
 
-        store = open_store(db or "")
+        store = open_store(db or "", host=opts.host)  # etcd: this host's view only
     agent = Agent(store, opts)
     signal.signal(signal.SIGTERM, lambda *_: agent._stop.set())
     click.echo(f"portwall agent: host {opts.host or '(all ports)'}, backend "

@@ -15,8 +15,14 @@ def agent_record_id(host: str) -> str:
     return str(uuid.uuid5(_AGENT_NS, host))
 
 
-def open_store(url: str) -> Store:
-    """A store for ``url``: ``sqlite:///path``, ``postgresql://...`` (psycopg 3)."""
+def open_store(url: str, host: str | None = None) -> Store:
+    """A store for ``url``: ``sqlite:///path``, ``postgresql://...`` (psycopg 3),
+    ``etcd://h:p[,h:p...][/prefix]``. With ``host`` (an agent), etcd gives that host's
+    view only (its derived keys); SQL stores ignore it."""
+    if url.startswith("etcd://"):
+        from portwall.store.etcd import EtcdHostStore, EtcdStore
+
+        return EtcdHostStore(url, host) if host else EtcdStore(url)
     if url.startswith("sqlite"):
         from portwall.store.sql import SqlStore
 
@@ -29,7 +35,7 @@ def open_store(url: str) -> Store:
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         return SqlStore(url)
-    raise ValueError(f"unsupported store URL '{url}' (use sqlite:///PATH or postgresql://...)")
+    raise ValueError(f"unsupported store URL '{url}' (use sqlite:///PATH, postgresql://... or etcd://HOST:PORT)")
 
 
 __all__ = ["DEFAULT_URL", "Change", "ChangeSet", "Record", "StaleRevision", "Store", "Txn",
