@@ -1,13 +1,14 @@
 """Make one integration bridge match an :class:`OvsRuleset`: one OpenFlow bundle per change.
 
-* Every write is a single OpenFlow 1.5 bundle (``ovs-ofctl --bundle``): the switch applies
+* Every write is a single OpenFlow 1.5 bundle over one long-lived connection to the bridge
+  (:mod:`.ofconn`; ``ovs-ofctl --bundle`` as the fallback transport): the switch applies
   all of it or none of it, and a bundle that is not committed (the applier killed half-way)
   is discarded when its connection closes, so no port ever runs a partial rule set.
 * Incremental: the applier remembers, per owner cookie, the flows it wrote; a change sends
   ``delete cookie=<owner>/<mask>`` plus the owner's new flows for the owners that differ,
-  nothing for the others. A fresh applier (or after an error) first asks the switch
-  (``ovs-ofctl diff-flows``, which compares parsed flows) and writes the whole table with
-  ``--bundle replace-flows`` only if anything differs; so a second apply sends nothing.
+  nothing for the others. A fresh applier (or after an error) first asks the switch (a flow
+  dump compared by cookie and flow identity) and rewrites, in one bundle, just the owners
+  that differ; so a second apply sends nothing.
 * Drift: the bridge's flows against the rendered ones, by cookie, named by owner.
 * Connections: after a change, conntrack entries of the userspace datapath
   (``dpctl/dump-conntrack``) are checked with the evaluator against the new plan (as
@@ -17,30 +18,30 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from portwall.backends.base import ApplyError, ApplyReport
 from portwall.backends.ovs import daemon
 from portwall.backends.ovs import flows as F
+from portwall.backends.ovs.ofconn import OFCTL, Transport, default_transport
 from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb, OvsError, mgmt, vswitchd_ctl
 from portwall.backends.ovs.render import OvsRuleset
 from portwall.ir.types import HostPlan
 from portwall.kernel.conntrack import CtEntry, PlanVerdict
 
-OFCTL = ["ovs-ofctl", "-O", "OpenFlow15"]
-_COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
-
 
 class OvsApplier:
     """Applies rulesets to the integration bridge of namespace ``netns``'s private OVS."""
 
-    def __init__(self, netns: str | None, bridge: str = BRIDGE) -> None:
+    def __init__(self, netns: str | None, bridge: str = BRIDGE, *,
+                 transport: Transport | None = None,
+                 ofports: Callable[[], dict[str, int]] | None = None) -> None:
+        """``transport`` and ``ofports`` (device -> OpenFlow port) replace the bridge
+        connection and OVSDB, for tests of the applier's decisions without a switch."""
         if netns is None:
             raise OvsError("the ovs backend works on a namespace's private Open vSwitch; "
                            "portwall never programs the machine's own")
@@ -52,6 +53,8 @@ class OvsApplier:
         self._resolved: dict[int, tuple[object, tuple[str, ...]]] = {}
         self._ports: dict[str, int] = {}
         self.commands: list[list[str]] = []
+        self._transport = transport
+        self._ofports = ofports
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -62,7 +65,17 @@ class OvsApplier:
             self._db = Ovsdb(self.netns)
         return self._db
 
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self.db  # noqa: B018 - the daemons (and the bridge's socket) exist first
+            self._transport = default_transport(self.target)
+        return self._transport
+
     def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -86,7 +99,7 @@ class OvsApplier:
                  ) -> tuple[dict[int, tuple[str, ...]], list[str]]:
         """owner -> flow texts with port numbers; flows of absent devices are left out."""
         if ofports is None:
-            ofports = self.db.ofports(self.bridge)
+            ofports = self._ofports() if self._ofports else self.db.ofports(self.bridge)
         if ofports != self._ports:
             self._resolved, self._ports = {}, dict(ofports)
         cache, fresh = self._resolved, {}
@@ -142,27 +155,17 @@ class OvsApplier:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _diff(self, desired: dict[int, tuple[str, ...]]) -> list[str]:
-        text = "\n".join(t for ts in desired.values() for t in ts) + "\n"
-        with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as fh:
-            fh.write(text)
-        try:
-            proc = self._run([*OFCTL, "diff-flows", self.target, fh.name], ok=(0, 2))
-        finally:
-            os.unlink(fh.name)
-        return [ln for ln in proc.stdout.splitlines() if ln[:1] in "+-"]
-
     def _full_sync(self, desired: dict[int, tuple[str, ...]], report: ApplyReport) -> set[int]:
-        diff = self._diff(desired)
+        """Ask the bridge, then rewrite only the owners whose flows differ (one bundle)."""
+        diff = self.transport.diff([t for ts in desired.values() for t in ts])
         if not diff:
             return set()
-        changed = {int(m.group(1), 16) & F.OWNER_MASK for ln in diff
-                   if (m := _COOKIE.search(ln))}
-        text = "\n".join(t for ts in desired.values() for t in ts) + "\n"
-        self._bundle("replace-flows", text, report)
-        report.changes = {"flows_written": sum(len(v) for v in desired.values()),
-                          "owners_changed": len(changed), "full_sync": 1}
-        return changed or {0}
+        changed = {ln.cookie & F.OWNER_MASK for ln in diff}
+        adds = [t for c in sorted(changed) for t in desired.get(c, ())]
+        self._bundle([(c, F.OWNER_MASK) for c in sorted(changed)], adds, report)
+        report.changes = {"flows_written": len(adds), "owners_changed": len(changed),
+                          "full_sync": 1}
+        return changed
 
     def _incremental(self, desired: dict[int, tuple[str, ...]], report: ApplyReport) -> set[int]:
         assert self._applied is not None
@@ -171,36 +174,21 @@ class OvsApplier:
         gone = {c for c in set(old) - set(desired) if old[c]}
         if not changed and not gone:
             return set()
-        lines = [f"delete cookie={c:#x}/{F.OWNER_MASK:#x}" for c in sorted(changed | gone)
-                 if c in old]
-        lines += [f"add {t}" for c in sorted(changed) for t in desired[c]]
-        self._bundle("add-flows", "\n".join(lines) + "\n", report)
+        deletes = [(c, F.OWNER_MASK) for c in sorted(changed | gone) if c in old]
+        self._bundle(deletes, [t for c in sorted(changed) for t in desired[c]], report)
         report.changes = {"flows_added": sum(len(desired[c]) for c in changed),
                           "flows_deleted": sum(len(old[c]) for c in changed | gone if c in old),
                           "owners_changed": len(changed | gone)}
         return changed | gone
 
-    def _bundle(self, command: str, text: str, report: ApplyReport) -> None:
-        """One atomic OpenFlow bundle (the file is read by ovs-ofctl, then sent as one)."""
-        with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as fh:
-            fh.write(text)
-        argv = [*OFCTL, "--bundle", command, self.target, fh.name]
+    def _bundle(self, deletes: list[tuple[int, int]], adds: list[str], report: ApplyReport) -> None:
+        """One atomic OpenFlow bundle: the deletes, then the adds."""
+        t = self.transport
+        n = len(t.log)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            t.bundle(deletes, adds)
         finally:
-            os.unlink(fh.name)
-        self.commands.append(argv)
-        report.write_commands.append(" ".join(argv[:-1]) + " <flows>")
-        if proc.returncode != 0:
-            line = None
-            m = re.search(r":(\d+): ", proc.stderr)
-            if m:
-                n = int(m.group(1))
-                lines = text.splitlines()
-                line = lines[n - 1] if 0 < n <= len(lines) else None
-            raise ApplyError("ovs-ofctl bundle refused; the bridge keeps its previous flows",
-                             command=" ".join(argv[:5]), line=line, stderr=proc.stderr,
-                             rolled_back=True)
+            report.write_commands += t.log[n:]
 
     # ---------------------------------------------------------------- conntrack
     def conntrack(self) -> list[CtEntry]:
@@ -234,17 +222,16 @@ class OvsApplier:
     def drift(self, ruleset: OvsRuleset) -> list[str]:
         desired, _ = self.resolved(ruleset)
         out = []
-        for ln in self._diff(desired):
-            m = _COOKIE.search(ln)
-            who = ruleset.label_of(int(m.group(1), 16)) if m else "(no cookie)"
-            what = "missing on the bridge" if ln[0] == "+" else "not rendered (extra)"
-            out.append(f"{what}: {ln[1:].strip()}  [{who}]")
+        for ln in self.transport.diff([t for ts in desired.values() for t in ts]):
+            who = ruleset.label_of(ln.cookie) if ln.cookie else "(no cookie)"
+            what = "missing on the bridge" if ln.sign == "+" else "not rendered (extra)"
+            out.append(f"{what}: {ln.text}  [{who}]")
         return out
 
     def remove_all(self) -> None:
         """Delete every flow (the bridge is portwall's alone) in one bundle."""
-        self._run([*OFCTL, "--bundle", "del-flows", self.target])
         self._applied = None
+        self.transport.bundle([(0, 0)], [])
 
 
 # ------------------------------------------------------------------ conntrack text

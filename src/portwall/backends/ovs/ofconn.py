@@ -31,9 +31,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from portwall.backends.base import ApplyError
+
+if TYPE_CHECKING:
+    from portwall.backends.ovs.ofmsg import FlowKey
 
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow15"]
 TRANSPORT_ENV = "PORTWALL_OVS_TRANSPORT"
@@ -226,7 +229,8 @@ class OpenFlowTransport:
         mods += [ofmsg.add_mod(t)[0] for t in adds]
         self._alive()
         self._bundle_id = (self._bundle_id + 1) & 0xFFFFFFFF
-        bid, errors = self._bundle_id, {}
+        bid = self._bundle_id
+        errors: dict[int, bytes] = {}
         self.log.append(f"openflow bundle {bid}: {len(deletes)} deletes, {len(adds)} adds "
                         f"-> {self.path}")
         if self._ctrl(bid, ofp.OFPBCT_OPEN_REQUEST, errors):
@@ -262,7 +266,7 @@ class OpenFlowTransport:
                              rolled_back=True)
 
     # --------------------------------------------------------------------- dump
-    def keys(self) -> list[ofmsg_key]:
+    def keys(self) -> list[FlowKey]:
         """Identities of every flow on the bridge (one OFPMP_FLOW_DESC request)."""
         from portwall.backends.ovs import ofmsg
         from portwall.backends.ovs.ofmsg import DP, ofp, parser
@@ -271,7 +275,7 @@ class OpenFlowTransport:
         req = parser.OFPFlowDescStatsRequest(DP, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
                                              0, 0, parser.OFPMatch())
         xid = self._send_msg(req)
-        out: list[ofmsg_key] = []
+        out: list[FlowKey] = []
         errors: dict[int, bytes] = {}
         while True:
             mtype, body = self._wait(xid, errors)
@@ -291,8 +295,6 @@ class OpenFlowTransport:
         out += [DiffLine("-", k[0], ofmsg.describe(k)) for k in have if k not in want]
         return out
 
-
-ofmsg_key = tuple[int, int, int, bytes, bytes]
 
 
 def _error_text(errors: dict[int, bytes]) -> str:

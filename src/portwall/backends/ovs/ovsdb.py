@@ -12,6 +12,7 @@ Bridges, ports and OpenFlow port numbers go through OVSDB (ovsdbapp), never by p
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,24 @@ def vswitchd_ctl(netns: str) -> str:
     return str(run_dir(netns) / "ovs-vswitchd.ctl")
 
 
+def _import_ovs_without_eventlet() -> None:
+    """Import the ovs library as if eventlet were absent: ``ovs.poller`` probes for it (it
+    comes with os-ken) and importing eventlet warns and hooks every fork(); portwall never
+    monkey-patches, so the probe's answer would be "not patched" anyway."""
+    if "ovs.poller" in sys.modules or "eventlet" in sys.modules:
+        return
+    sys.modules["eventlet"] = None  # type: ignore[assignment]  # -> ImportError
+    try:
+        import ovs.poller  # noqa: F401
+    finally:
+        del sys.modules["eventlet"]
+
+
 class Ovsdb:
     """An ovsdbapp connection to one private ovsdb-server (close it when done)."""
 
     def __init__(self, netns: str, timeout: float = 60) -> None:
+        _import_ovs_without_eventlet()
         from ovsdbapp.backend.ovs_idl import connection
         from ovsdbapp.schema.open_vswitch import impl_idl
 
