@@ -201,21 +201,65 @@ def parse(text: str) -> tuple[int, int, int, str, str]:
     return int(m.group(1), 0), int(m.group(2)), int(m.group(3)), m.group(4) or "", m.group(5)
 
 
-@lru_cache(maxsize=262144)
-def add_mod(text: str) -> tuple[bytes, FlowKey]:
-    """A flow text -> (the body of its OFPT_FLOW_MOD ADD message, its identity)."""
+def flow_mod_oskenobj(text: str) -> bytes:
+    """A flow text -> its OFPT_FLOW_MOD ADD, built as whole os-ken objects (the reference
+    :func:`add_mod` is tested against, byte for byte)."""
     cookie, table, prio, match, acts = parse(text)
-    inst = []
     a = actions(acts)
-    if a:
-        inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, a)]
+    inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, a)] if a else []
     mod = parser.OFPFlowMod(DP, cookie=cookie, table_id=table, command=ofp.OFPFC_ADD,
                             priority=prio, match=parser.OFPMatch(**match_fields(match)),
                             instructions=inst, flags=0)
     mod.set_xid(0)
     mod.serialize()
-    buf = bytes(mod.buf)
-    return buf, key_from_mod(buf)
+    return bytes(mod.buf)
+
+
+@lru_cache(maxsize=None)
+def _field(name: str, value: Any) -> tuple[int, bytes, bytes]:
+    """One match field: (os-ken's sort key, its TLV as os-ken writes it, the TLV's canonical
+    form for :func:`flow_key`). Cached: a bridge's flows share most of their fields."""
+    n, v, m = ofp.oxm_from_user(name, value)
+    buf = bytearray()
+    size = ofp.oxm_serialize(n, v, m, buf, 0)
+    tlv = bytes(buf[:size])
+    canon, _ = canonical_match(struct.pack("!HH", ofp.OFPMT_OXM, 4 + size) + tlv, 0)
+    return (n[0] if isinstance(n, tuple) else n), tlv, canon
+
+
+@lru_cache(maxsize=None)
+def _action(text: str) -> bytes:
+    """One action token as os-ken serialises it (cached: actions repeat)."""
+    buf = bytearray()
+    for a in actions(text):
+        a.serialize(buf, len(buf))
+    return bytes(buf)
+
+
+_MOD = struct.Struct("!BBHIQQBBHHHIIIHH")  # ofp_header + ofp_flow_mod up to the match
+
+
+def add_mod(text: str) -> tuple[bytes, FlowKey]:
+    """A flow text -> (its OFPT_FLOW_MOD ADD message, its identity).
+
+    The same bytes as :func:`flow_mod_oskenobj`, ~10x faster: os-ken serialises each distinct
+    match field and action once (cached) and the pieces are joined here; building an
+    ``OFPMatch`` per flow costs ~200 us, which a new port's 65 flows would pay per change."""
+    cookie, table, prio, match, acts = parse(text)
+    fields = sorted((_field(k, v) for k, v in match_fields(match).items()),
+                    key=lambda f: f[0])
+    body = b"".join(f[1] for f in fields)
+    mlen = 4 + len(body)
+    mbytes = struct.pack("!HH", ofp.OFPMT_OXM, mlen) + body + b"\0" * (-mlen % 8)
+    inst = b""
+    if acts != "drop":
+        abytes = b"".join(_action(t) for t in _split_actions(acts))
+        inst = struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(abytes)) + abytes
+    length = _MOD.size + len(mbytes) + len(inst)
+    head = _MOD.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, 0, cookie, 0, table,
+                     ofp.OFPFC_ADD, 0, 0, prio, ofp.OFP_NO_BUFFER, 0, 0, 0, 0)
+    key = (cookie, table, prio, b"".join(sorted(f[2] for f in fields)), inst)
+    return head + mbytes + inst, key
 
 
 def delete_mod(cookie: int, cookie_mask: int) -> bytes:
