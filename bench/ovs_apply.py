@@ -120,6 +120,9 @@ def bench_size(n: int, reps: int) -> dict[str, Any]:
                 total.append((t2 - t0) * 1000)
                 compute.append((t1 - t0) * 1000)
                 apply_ms.append((t2 - t1) * 1000)
+                if os.environ.get("OVSB_DEBUG"):
+                    print(name, {k: round(v * 1000, 2) for k, v in rep.timings.items()},
+                          round(rep.seconds * 1000, 2), round(apply_ms[-1], 2), file=sys.stderr)
                 touched.append(rep.changes.get("flows_added", 0) + rep.changes.get("flows_deleted", 0))
                 owners.append(rep.changes.get("owners_changed", 0))
             res[name] = {"total_med": statistics.median(total), "total_p99": p99(total),

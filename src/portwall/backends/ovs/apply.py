@@ -49,8 +49,9 @@ class OvsApplier:
         self.target = mgmt(netns, bridge)
         self._db: Ovsdb | None = None
         self._applied: dict[int, tuple[str, ...]] | None = None  # owner -> flows on the bridge
-        # owner cookie -> (the Owner object, its resolved texts), valid for ``_ports``
-        self._resolved: dict[int, tuple[object, tuple[str, ...]]] = {}
+        # owner cookie -> (the Owner object, its resolved texts, its absent devices), valid
+        # for ``_ports``
+        self._resolved: dict[int, tuple[object, tuple[str, ...], frozenset[str]]] = {}
         self._ports: dict[str, int] = {}
         self.commands: list[list[str]] = []
         self._transport = transport
@@ -107,20 +108,20 @@ class OvsApplier:
         skipped: set[str] = set()
         for cookie, owner in ruleset.owners.items():
             hit = cache.get(cookie)
-            if hit is not None and hit[0] is owner and not owner.flows_skipped:
-                out[cookie] = hit[1]
-                fresh[cookie] = hit
-                continue
-            texts = []
-            for f in owner.flows:
-                t = F.resolve(f.text(), ofports)
-                if t is None:
-                    skipped.update(d for d in f.devices() if d not in ofports)
-                else:
-                    texts.append(t)
-            out[cookie] = tuple(texts)
-            owner.flows_skipped = len(texts) != len(owner.flows)
-            fresh[cookie] = (owner, out[cookie])
+            if hit is None or hit[0] is not owner:  # valid while the port numbers are
+                texts: list[str] = []
+                missing: set[str] = set()
+                for f in owner.flows:
+                    t = F.resolve(f.text(), ofports)
+                    if t is None:
+                        missing.update(d for d in f.devices() if d not in ofports)
+                    else:
+                        texts.append(t)
+                owner.flows_skipped = len(texts) != len(owner.flows)
+                hit = (owner, tuple(texts), frozenset(missing))
+            out[cookie] = hit[1]
+            skipped |= hit[2]
+            fresh[cookie] = hit
         self._resolved = fresh
         warnings = [f"device {d} is not on bridge {self.bridge}: its flows are not written"
                     for d in sorted(skipped)]

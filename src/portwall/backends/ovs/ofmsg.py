@@ -215,7 +215,7 @@ def flow_mod_oskenobj(text: str) -> bytes:
     return bytes(mod.buf)
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=1 << 16)
 def _field(name: str, value: Any) -> tuple[int, bytes, bytes]:
     """One match field: (os-ken's sort key, its TLV as os-ken writes it, the TLV's canonical
     form for :func:`flow_key`). Cached: a bridge's flows share most of their fields."""
@@ -227,7 +227,7 @@ def _field(name: str, value: Any) -> tuple[int, bytes, bytes]:
     return (n[0] if isinstance(n, tuple) else n), tlv, canon
 
 
-@lru_cache(maxsize=None)
+@lru_cache(maxsize=1 << 16)
 def _action(text: str) -> bytes:
     """One action token as os-ken serialises it (cached: actions repeat)."""
     buf = bytearray()
