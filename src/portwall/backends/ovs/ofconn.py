@@ -29,7 +29,7 @@ import socket
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -58,8 +58,9 @@ class Transport(Protocol):
     #: one human-readable line per write, for the apply report
     log: list[str]
 
-    def bundle(self, deletes: list[Delete], adds: list[str]) -> None:
-        """Deletes, then adds, as one atomic bundle; ApplyError (rolled back) if refused."""
+    def bundle(self, deletes: list[Delete], adds: list[str], removes: Sequence[str] = ()) -> None:
+        """Deletes by cookie, then ``removes`` (flow texts deleted by table, priority and
+        match), then adds, as one atomic bundle; ApplyError (rolled back) if refused."""
 
     def diff(self, desired: list[str]) -> list[DiffLine]:
         """The bridge's flows against ``desired`` (flow texts)."""
@@ -221,18 +222,19 @@ class OpenFlowTransport:
         mtype, _ = self._wait(xid, errors)
         return xid if mtype == ofp.OFPT_ERROR else 0
 
-    def bundle(self, deletes: list[Delete], adds: list[str]) -> None:
+    def bundle(self, deletes: list[Delete], adds: list[str], removes: Sequence[str] = ()) -> None:
         from portwall.backends.ovs import ofmsg
         from portwall.backends.ovs.ofmsg import ofp
 
         mods = [ofmsg.delete_mod(c, m) for c, m in deletes]
+        mods += [ofmsg.delete_strict_mod(t) for t in removes]
         mods += [ofmsg.add_mod(t)[0] for t in adds]
         self._alive()
         self._bundle_id = (self._bundle_id + 1) & 0xFFFFFFFF
         bid = self._bundle_id
         errors: dict[int, bytes] = {}
-        self.log.append(f"openflow bundle {bid}: {len(deletes)} deletes, {len(adds)} adds "
-                        f"-> {self.path}")
+        self.log.append(f"openflow bundle {bid}: {len(deletes) + len(removes)} deletes, "
+                        f"{len(adds)} adds -> {self.path}")
         if self._ctrl(bid, ofp.OFPBCT_OPEN_REQUEST, errors):
             raise ApplyError("the bridge refused to open a bundle", stderr=_error_text(errors),
                              rolled_back=True)
@@ -254,7 +256,7 @@ class OpenFlowTransport:
             self._ctrl(bid, ofp.OFPBCT_DISCARD_REQUEST, {})
             bad = min(errors)
             line = None
-            n = bad - first - len(deletes)
+            n = bad - first - len(deletes) - len(removes)
             if 0 <= n < len(adds):
                 line = adds[n]
             raise ApplyError("the bridge refused the bundle; it keeps its previous flows",
@@ -314,8 +316,9 @@ class OfctlTransport:
         self.target = target
         self.log: list[str] = []
 
-    def bundle(self, deletes: list[Delete], adds: list[str]) -> None:
+    def bundle(self, deletes: list[Delete], adds: list[str], removes: Sequence[str] = ()) -> None:
         lines = [f"delete cookie={c:#x}/{m:#x}" if m else "delete" for c, m in deletes]
+        lines += [f"delete_strict {flow_slot(t)}" for t in removes]
         lines += [f"add {t}" for t in adds]
         text = "\n".join(lines) + "\n"
         with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as fh:
@@ -367,6 +370,7 @@ class MemoryTransport:
     flows: dict[tuple[str, str, str], str] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
     bundles: list[tuple[list[Delete], list[str]]] = field(default_factory=list)
+    removed: list[list[str]] = field(default_factory=list)
     refuse: bool = False
 
     @staticmethod
@@ -378,15 +382,18 @@ class MemoryTransport:
         match = ",".join(p for p in parts if not p.startswith(("cookie=", "table=", "priority=")))
         return table, prio, match
 
-    def bundle(self, deletes: list[Delete], adds: list[str]) -> None:
+    def bundle(self, deletes: list[Delete], adds: list[str], removes: Sequence[str] = ()) -> None:
         self.bundles.append((list(deletes), list(adds)))
-        self.log.append(f"memory bundle: {len(deletes)} deletes, {len(adds)} adds")
+        self.removed.append(list(removes))
+        self.log.append(f"memory bundle: {len(deletes) + len(removes)} deletes, {len(adds)} adds")
         if self.refuse:
             self.refuse = False
             raise ApplyError("refused (test)", line=adds[0] if adds else None, rolled_back=True)
         new = dict(self.flows)
         for c, m in deletes:
             new = {k: t for k, t in new.items() if (_cookie(t) & m) != (c & m)}
+        for t in removes:
+            new.pop(self._key(t), None)
         for t in adds:
             new[self._key(t)] = t
         self.flows = new
@@ -405,5 +412,6 @@ def _cookie(text: str) -> int:
     return int(m.group(1), 16) if m else 0
 
 
-def owners(lines: Iterable[DiffLine], mask: int) -> set[int]:
-    return {ln.cookie & mask for ln in lines}
+def flow_slot(text: str) -> str:
+    """``table=..,priority=..[,match]`` of a rendered flow text: what a switch keys it by."""
+    return text[text.index("table="):text.index(" actions=")]

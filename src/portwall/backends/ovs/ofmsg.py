@@ -262,6 +262,19 @@ def add_mod(text: str) -> tuple[bytes, FlowKey]:
     return head + mbytes + inst, key
 
 
+def delete_strict_mod(text: str) -> bytes:
+    """OFPFC_DELETE_STRICT of the flow at ``text``'s table, priority and match: the switch
+    finds it by an exact classifier lookup, where a delete by cookie/mask walks every flow
+    of every table (Open vSwitch indexes cookies only for a full mask)."""
+    add, _key = add_mod(text)
+    (mlen,) = struct.unpack_from("!H", add, 50)
+    end = 48 + (mlen + 7) // 8 * 8
+    head = _MOD.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, end, 0, 0, 0, add[24],
+                     ofp.OFPFC_DELETE_STRICT, 0, 0, struct.unpack_from("!H", add, 30)[0],
+                     ofp.OFP_NO_BUFFER, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0)
+    return head + add[48:end]
+
+
 def delete_mod(cookie: int, cookie_mask: int) -> bytes:
     """OFPFC_DELETE of every flow whose cookie matches ``cookie``/``cookie_mask``."""
     mod = parser.OFPFlowMod(DP, cookie=cookie, cookie_mask=cookie_mask, table_id=ofp.OFPTT_ALL,
