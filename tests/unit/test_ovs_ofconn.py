@@ -286,7 +286,7 @@ def _model() -> tuple[Any, Model, dict[str, int]]:
 
 
 def test_second_apply_and_fresh_applier_send_nothing() -> None:
-    w, m, ports = _model()
+    _w, m, ports = _model()
     mem = MemoryTransport()
     rs = OvsRenderer().render(compile_plan(m))
     first = _applier(mem, ports).apply(rs)
