@@ -200,6 +200,7 @@ class OvsApplier:
             t.bundle(deletes, adds, removes or [])
         finally:
             report.write_commands += t.log[n:]
+        report.timings.update({f"bundle {k}": v for k, v in getattr(t, "timings", {}).items()})
 
     # ---------------------------------------------------------------- conntrack
     def conntrack(self) -> list[CtEntry]:

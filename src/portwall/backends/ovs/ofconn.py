@@ -29,6 +29,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -90,6 +91,7 @@ class OpenFlowTransport:
         self._buf = bytearray()
         self._xid = 0
         self._bundle_id = 0
+        self.timings: dict[str, float] = {}  # phases of the last bundle, seconds
 
     # ---------------------------------------------------------------- connection
     def _next_xid(self) -> int:
@@ -226,10 +228,12 @@ class OpenFlowTransport:
         from portwall.backends.ovs import ofmsg
         from portwall.backends.ovs.ofmsg import ofp
 
+        t0 = time.perf_counter()
         mods = [ofmsg.delete_mod(c, m) for c, m in deletes]
         mods += [ofmsg.delete_strict_mod(t) for t in removes]
         mods += [ofmsg.add_mod(t)[0] for t in adds]
         self._alive()
+        t1 = time.perf_counter()
         self._bundle_id = (self._bundle_id + 1) & 0xFFFFFFFF
         bid = self._bundle_id
         errors: dict[int, bytes] = {}
@@ -252,6 +256,7 @@ class OpenFlowTransport:
         self._sendall(bytes(chunk))
         barrier = self._send_msg(ofmsg.parser.OFPBarrierRequest(ofmsg.DP))
         self._wait(barrier, errors)
+        t2 = time.perf_counter()
         if errors:
             self._ctrl(bid, ofp.OFPBCT_DISCARD_REQUEST, {})
             bad = min(errors)
@@ -266,6 +271,8 @@ class OpenFlowTransport:
             raise ApplyError("the bridge refused to commit the bundle; it keeps its previous "
                              "flows", command=self.log[-1], stderr=_error_text(errors),
                              rolled_back=True)
+        self.timings = {"encode": t1 - t0, "open+add+barrier": t2 - t1,
+                        "commit": time.perf_counter() - t2}
 
     # --------------------------------------------------------------------- dump
     def keys(self) -> list[FlowKey]:
