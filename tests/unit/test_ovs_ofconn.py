@@ -3,7 +3,7 @@ whole os-ken objects, byte for byte), the bundle conversation with a fake switch
 socket (open, adds, barrier, commit; discard on a refused add; echo; reconnect), and the
 applier's decisions over the in-memory transport (what is sent, and when nothing is).
 
-What Open vSwitch itself makes of the messages: ``tests/e2e/test_ovs_ofconn.py``.
+What Open vSwitch itself makes of the messages: ``tests/e2e/test_ovs_openflow.py``.
 """
 
 from __future__ import annotations

@@ -239,23 +239,28 @@ class OpenFlowTransport:
         errors: dict[int, bytes] = {}
         self.log.append(f"openflow bundle {bid}: {len(deletes) + len(removes)} deletes, "
                         f"{len(adds)} adds -> {self.path}")
-        if self._ctrl(bid, ofp.OFPBCT_OPEN_REQUEST, errors):
-            raise ApplyError("the bridge refused to open a bundle", stderr=_error_text(errors),
-                             rolled_back=True)
+        # open, adds and barrier in one write, one wait: the barrier's reply comes after the
+        # open's reply and every add's error (a switch answers in order)
+        flags = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
+        opener = ofmsg.parser.OFPBundleCtrlMsg(ofmsg.DP, bid, ofp.OFPBCT_OPEN_REQUEST, flags, [])
+        opener.set_xid(self._next_xid())
+        opener.serialize()
+        chunk = bytearray(opener.buf)
         first = self._xid + 1
         head = struct.Struct("!BBHII2xH")  # ofp_bundle_add_msg up to the inner message
-        chunk = bytearray()
         for mod in mods:
             xid = self._next_xid()
             inner = mod[:4] + struct.pack("!I", xid) + mod[8:]
             chunk += head.pack(ofp.OFP_VERSION, ofp.OFPT_BUNDLE_ADD_MESSAGE, 16 + len(inner),
-                               xid, bid, ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED) + inner
+                               xid, bid, flags) + inner
             if len(chunk) > 1 << 20:
                 self._sendall(bytes(chunk))
                 chunk.clear()
-        self._sendall(bytes(chunk))
-        barrier = self._send_msg(ofmsg.parser.OFPBarrierRequest(ofmsg.DP))
-        self._wait(barrier, errors)
+        barrier = ofmsg.parser.OFPBarrierRequest(ofmsg.DP)
+        barrier.set_xid(self._next_xid())
+        barrier.serialize()
+        self._sendall(bytes(chunk + barrier.buf))
+        self._wait(barrier.xid, errors)
         t2 = time.perf_counter()
         if errors:
             self._ctrl(bid, ofp.OFPBCT_DISCARD_REQUEST, {})

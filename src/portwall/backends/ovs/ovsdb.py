@@ -71,6 +71,15 @@ def _import_ovs_without_eventlet() -> None:
         del sys.modules["eventlet"]
 
 
+#: columns ovs-vswitchd rewrites all the time (counters, link state): not monitored. With a
+#: thousand ports, parsing their updates every few seconds in the IDL thread holds the GIL
+#: for tens of milliseconds, right in the middle of whatever change is being applied.
+VOLATILE = frozenset({"statistics", "status", "link_resets", "link_state", "link_speed",
+                      "duplex", "mtu", "admin_state", "lacp_current", "ifindex", "bfd_status",
+                      "cfm_fault", "cfm_fault_status", "cfm_health", "cfm_remote_mpids",
+                      "cfm_remote_opstate", "cfm_flap_count"})
+
+
 class Ovsdb:
     """An ovsdbapp connection to one private ovsdb-server (close it when done)."""
 
@@ -83,7 +92,13 @@ class Ovsdb:
         if not sock.exists():
             raise OvsError(f"no Open vSwitch for namespace {netns} ({sock} missing): is the "
                            "sandbox built for the ovs backend?")
-        idl = connection.OvsdbIdl.from_server(f"unix:{sock}", "Open_vSwitch")
+        from ovsdbapp.backend.ovs_idl import idlutils
+
+        remote = f"unix:{sock}"
+        helper = idlutils.get_schema_helper(remote, "Open_vSwitch")
+        for table, spec in helper.schema_json["tables"].items():
+            helper.register_columns(table, [c for c in spec["columns"] if c not in VOLATILE])
+        idl = connection.OvsdbIdl(remote, helper)
         self._conn = connection.Connection(idl=idl, timeout=timeout)
         # ovsdbapp keeps one connection per API class: a class of our own per server
         api_cls = type("PortwallOvsIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
