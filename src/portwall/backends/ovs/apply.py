@@ -120,7 +120,8 @@ class OvsApplier:
                 owner.flows_skipped = len(texts) != len(owner.flows)
                 hit = (owner, tuple(texts), frozenset(missing))
             out[cookie] = hit[1]
-            skipped |= hit[2]
+            if hit[2]:
+                skipped |= hit[2]
             fresh[cookie] = hit
         self._resolved = fresh
         warnings = [f"device {d} is not on bridge {self.bridge}: its flows are not written"
@@ -175,8 +176,10 @@ class OvsApplier:
         for the switch; by cookie/mask it would walk all 60,000 flows."""
         assert self._applied is not None
         old = self._applied
-        changed = {c for c, fl in desired.items() if old.get(c, ()) != fl}
-        gone = {c for c in set(old) - set(desired) if old[c]}
+        # an owner resolved from cache has the very tuple applied last time: ``is`` first
+        changed = {c for c, fl in desired.items()
+                   if fl is not (was := old.get(c)) and fl != (was or ())}
+        gone = {c for c in old.keys() - desired.keys() if old[c]}
         if not changed and not gone:
             return set()
         removes: list[str] = []
