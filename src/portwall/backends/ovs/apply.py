@@ -6,9 +6,10 @@
   is discarded when its connection closes, so no port ever runs a partial rule set.
 * Incremental: the applier remembers, per owner cookie, the flows it wrote; a change sends,
   for the owners that differ, the flows that differ (a vanished flow deleted by its table,
-  priority and match, a new or changed one added), nothing for the others. A fresh applier (or after an error) first asks the switch (a flow
-  dump compared by cookie and flow identity) and rewrites, in one bundle, just the owners
-  that differ; so a second apply sends nothing.
+  priority and match, a new or changed one added), nothing for the others. A fresh
+  applier (or one after an error) first asks the switch (a flow dump compared by cookie
+  and flow identity) and rewrites, in one bundle, just the owners that differ; so a second
+  apply sends nothing.
 * Drift: the bridge's flows against the rendered ones, by cookie, named by owner.
 * Connections: after a change, conntrack entries of the userspace datapath
   (``dpctl/dump-conntrack``) are checked with the evaluator against the new plan (as
