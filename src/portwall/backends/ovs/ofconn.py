@@ -303,8 +303,10 @@ class OpenFlowTransport:
     def diff(self, desired: list[str]) -> list[DiffLine]:
         from portwall.backends.ovs import ofmsg
 
-        want = {ofmsg.add_mod(t)[1]: t for t in desired}
         have = set(self.keys())
+        if not have:  # an empty bridge (a fresh one): everything is missing, no need to encode
+            return [DiffLine("+", _cookie(t), t) for t in desired]
+        want = {ofmsg.add_mod(t)[1]: t for t in desired}
         out = [DiffLine("+", k[0], t) for k, t in want.items() if k not in have]
         out += [DiffLine("-", k[0], ofmsg.describe(k)) for k in have if k not in want]
         return out
