@@ -296,6 +296,10 @@ def canonical_match(buf: bytes, off: int) -> tuple[bytes, int]:
     while pos < end:
         (header,) = struct.unpack_from("!I", buf, pos)
         n = header & 0xFF
+        if not header & 0x100 and header >> 16 != _PKT_REGS:  # most fields: as they are
+            tlvs.append(bytes(buf[pos:pos + 4 + n]))
+            pos += 4 + n
+            continue
         body = bytes(buf[pos + 4:pos + 4 + n])
         pos += 4 + n
         exp = body[:4] if header >> 16 == 0xFFFF else b""
