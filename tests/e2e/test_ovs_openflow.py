@@ -103,3 +103,17 @@ def test_a_refused_add_leaves_the_bridge_as_it_was(bridge: str) -> None:
         assert of.diff(flows[:-1]) == []
     finally:
         of.close()
+
+
+def test_the_ovs_ofctl_fallback_writes_the_same_bundles(bridge: str) -> None:
+    flows = _flow_sets()[-1]
+    ctl = OfctlTransport(bridge)
+    ctl.bundle([(0, 0)], flows)
+    assert ctl.diff(flows) == []
+    ctl.bundle([], [], [flows[0]])  # delete_strict by slot
+    assert [ln.sign for ln in ctl.diff(flows)] == ["+"]
+    with pytest.raises(ApplyError) as e:
+        ctl.bundle([], [flows[0], "cookie=0x7,table=50,priority=1,in_port=1 "
+                                  "actions=ct(commit,zone=1)"])
+    assert e.value.rolled_back
+    assert [ln.sign for ln in ctl.diff(flows)] == ["+"]  # nothing of the refused bundle
