@@ -15,6 +15,9 @@ integration bridge, then prints:
   (incremental compile + render + resolving port numbers + diff by cookie + the bundle
   committed by the switch; p50 and p99 over the repetitions), split into compute (compile +
   render) and apply (resolve + diff + bundle), and the flows touched (added + deleted).
+  Wall-clock figures depend on what else the machine runs; the CPU columns much less:
+  portwall's own CPU time per change (compile to commit) and ovs-vswitchd's CPU time per
+  change (its /proc counters over the repetitions, a mean: they tick in 10 ms).
 
 As the agent does after its full sync (agent/runner.py), the long-lived objects are frozen
 out of the cyclic GC (``gc.freeze()``) before the changes are measured. The transport is
@@ -40,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workload
 
 from portwall.backends.ovs.apply import OvsApplier
-from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb
+from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb, run_dir
 from portwall.backends.ovs.render import OvsRenderer
 from portwall.ir import PlanCompiler, compile_plan
 from portwall.ir.compile import tap_name
@@ -50,6 +53,13 @@ from portwall.lab import netns, ovs_host
 def p99(xs: list[float]) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
+
+
+def switch_cpu(ns: str) -> float:
+    """CPU milliseconds ovs-vswitchd has used so far (user + system, from /proc)."""
+    pid = (run_dir(ns) / "ovs-vswitchd.pid").read_text().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def add_devices(ns: str, devices: list[str]) -> None:
@@ -109,14 +119,17 @@ def bench_size(n: int, reps: int) -> dict[str, Any]:
                  "+1 member": lambda i: w.add_port(host="elsewhere"),
                  "1 changed rule": lambda i: w.change_rule(i)}
         for name, change in cases.items():
-            total, compute, apply_ms, touched, owners = [], [], [], [], []
+            total, compute, apply_ms, touched, owners, cpu = [], [], [], [], [], []
+            sw0 = switch_cpu(ns)
             for i in range(reps):
                 change(i)
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 new = rend.render(comp.compile(w.m))
                 t1 = time.perf_counter()
                 rep = applier.apply(new, None)
                 t2 = time.perf_counter()
+                cpu.append((time.process_time() - c0) * 1000)
                 total.append((t2 - t0) * 1000)
                 compute.append((t1 - t0) * 1000)
                 apply_ms.append((t2 - t1) * 1000)
@@ -129,7 +142,9 @@ def bench_size(n: int, reps: int) -> dict[str, Any]:
                          "compute_med": statistics.median(compute), "compute_p99": p99(compute),
                          "apply_med": statistics.median(apply_ms), "apply_p99": p99(apply_ms),
                          "touched": statistics.median(touched),
-                         "owners": statistics.median(owners)}
+                         "owners": statistics.median(owners),
+                         "cpu_med": statistics.median(cpu), "cpu_p99": p99(cpu),
+                         "switch_cpu": (switch_cpu(ns) - sw0) / reps}
         gc.unfreeze()
         # the incremental result equals a fresh render, and the bridge has no drift
         assert not applier.drift(OvsRenderer().render(compile_plan(w.m)))
@@ -161,14 +176,15 @@ def main() -> None:
     print(f"single changes ({args.reps} each), ms: model change -> flows in the bridge "
           "= compute (compile + render) + apply (resolve + diff + bundle)")
     print("| ports | change | change->bridge p50 | p99 | compute p50 | p99 | apply p50 | p99 "
-          "| owners | flows touched |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| portwall CPU p50 | p99 | ovs-vswitchd CPU mean | owners | flows touched |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for name in ("+1 port", "+1 member", "1 changed rule"):
             c = r[name]
             print(f"| {r['n']} | {name} | {c['total_med']:.1f} | {c['total_p99']:.1f} | "
                   f"{c['compute_med']:.1f} | {c['compute_p99']:.1f} | "
-                  f"{c['apply_med']:.1f} | {c['apply_p99']:.1f} | {c['owners']:.0f} | "
+                  f"{c['apply_med']:.1f} | {c['apply_p99']:.1f} | {c['cpu_med']:.1f} | "
+                  f"{c['cpu_p99']:.1f} | {c['switch_cpu']:.1f} | {c['owners']:.0f} | "
                   f"{c['touched']:.0f} |")
 
 
