@@ -86,7 +86,7 @@ def bench_size(n: int, reps: int) -> dict[str, Any]:
     netns.create(ns)
     try:
         ovs_host.start(ns)
-        plan = compile_plan(w.m)
+        plan = compile_plan(w.m, w.host)
         # devices for the N ports and for the ports the "+1 port" runs will add
         future = [w.next + i for i in range(reps)]
         add_devices(ns, [p.device for p in plan.ports])
@@ -100,7 +100,7 @@ def bench_size(n: int, reps: int) -> dict[str, Any]:
             full_s = time.perf_counter() - t
             print(f"{n} ports: full sync phases {full.timings}", file=sys.stderr)
         on_bridge = len([ln for ln in a.dump().splitlines() if "cookie=" in ln])
-        comp, rend = PlanCompiler(), OvsRenderer()
+        comp, rend = PlanCompiler(w.host), OvsRenderer()
         applier = OvsApplier(ns)
         applier.apply(rend.render(comp.compile(w.m)), None)  # warm: knows the bridge
         # pre-create the devices of the ports to come (ids are deterministic)
@@ -154,7 +154,7 @@ def bench_size(n: int, reps: int) -> dict[str, Any]:
                                         - idle * (time.perf_counter() - w0)) / reps}
         gc.unfreeze()
         # the incremental result equals a fresh render, and the bridge has no drift
-        assert not applier.drift(OvsRenderer().render(compile_plan(w.m)))
+        assert not applier.drift(OvsRenderer().render(compile_plan(w.m, w.host)))
         applier.close()
         return res
     finally:

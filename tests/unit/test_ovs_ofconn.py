@@ -340,3 +340,22 @@ def test_a_refused_bundle_leaves_the_table_and_the_next_apply_asks_again() -> No
     assert mem.flows == before
     rep = a.apply(rs)  # unknown state after an error: diff against the table, then write
     assert rep.changes.get("full_sync") == 1 and a.drift(rs) == []
+
+
+def test_the_flood_owner_is_reused_while_the_networks_devices_stay() -> None:
+    w = _workload().Workload(12, host="h1")
+    m, comp, rend = w.m, PlanCompiler("h1"), OvsRenderer()
+
+    def floods(rs: OvsRuleset) -> list[Any]:
+        return [o for c, o in rs.owners.items() if F.kind_of(c) == F.KIND_NET]
+
+    before = floods(rend.render(comp.compile(m)))
+    w.add_port(host="elsewhere")  # a remote member: no device here
+    same = floods(rend.render(comp.compile(m)))
+    assert [id(o) for o in same] == [id(o) for o in before]
+    pid = w.add_port()  # a local port: its device joins the flood
+    grown = floods(rend.render(comp.compile(m)))
+    assert [id(o) for o in grown] != [id(o) for o in before]
+    dev = next(p.device for p in comp.compile(m).ports if p.id == pid)
+    assert any(dev in f.actions for o in grown for f in o.flows)
+    assert floods(OvsRenderer().render(compile_plan(m, "h1"))) == grown  # as a fresh render
