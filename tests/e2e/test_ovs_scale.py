@@ -72,4 +72,4 @@ def test_one_member_is_one_flow_in_one_bundle(ovs_ns: str) -> None:
         rep = a.apply(rend.render(comp.compile(m)))
         assert _rule_flows(a) == before + 1
         assert rep.changes == {"flows_added": 1, "flows_deleted": 0, "owners_changed": 1}
-        assert len(rep.write_commands) == 1 and "--bundle" in rep.write_commands[0]
+        assert len(rep.write_commands) == 1 and "bundle" in rep.write_commands[0]

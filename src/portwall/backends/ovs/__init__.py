@@ -2,7 +2,8 @@
 bridge (userspace ``netdev`` datapath in the lab), applied as OpenFlow bundles.
 
 Pipeline and cookies: :mod:`.flows`; rendering: :mod:`.render`; bridge, ports and the
-private daemons' sockets through OVSDB (ovsdbapp): :mod:`.ovsdb`; applier: :mod:`.apply`.
+private daemons' sockets through OVSDB (ovsdbapp): :mod:`.ovsdb`; applier: :mod:`.apply`,
+which talks OpenFlow to the bridge through :mod:`.ofconn` (messages: :mod:`.ofmsg`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """Make one integration bridge match an :class:`OvsRuleset`: one OpenFlow bundle per change.
 
-* Every write is a single OpenFlow 1.5 bundle (``ovs-ofctl --bundle``): the switch applies
+* Every write is a single OpenFlow 1.5 bundle over one long-lived connection to the bridge
+  (:mod:`.ofconn`; ``ovs-ofctl --bundle`` as the fallback transport): the switch applies
   all of it or none of it, and a bundle that is not committed (the applier killed half-way)
   is discarded when its connection closes, so no port ever runs a partial rule set.
-* Incremental: the applier remembers, per owner cookie, the flows it wrote; a change sends
-  ``delete cookie=<owner>/<mask>`` plus the owner's new flows for the owners that differ,
-  nothing for the others. A fresh applier (or after an error) first asks the switch
-  (``ovs-ofctl diff-flows``, which compares parsed flows) and writes the whole table with
-  ``--bundle replace-flows`` only if anything differs; so a second apply sends nothing.
+* Incremental: the applier remembers, per owner cookie, the flows it wrote; a change sends,
+  for the owners that differ, the flows that differ (a vanished flow deleted by its table,
+  priority and match, a new or changed one added), nothing for the others. A fresh
+  applier (or one after an error) first asks the switch (a flow dump compared by cookie
+  and flow identity) and rewrites, in one bundle, just the owners that differ; so a second
+  apply sends nothing.
 * Drift: the bridge's flows against the rendered ones, by cookie, named by owner.
 * Connections: after a change, conntrack entries of the userspace datapath
   (``dpctl/dump-conntrack``) are checked with the evaluator against the new plan (as
@@ -17,30 +19,30 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from portwall.backends.base import ApplyError, ApplyReport
 from portwall.backends.ovs import daemon
 from portwall.backends.ovs import flows as F
+from portwall.backends.ovs.ofconn import OFCTL, Transport, default_transport, flow_slot
 from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb, OvsError, mgmt, vswitchd_ctl
 from portwall.backends.ovs.render import OvsRuleset
 from portwall.ir.types import HostPlan
 from portwall.kernel.conntrack import CtEntry, PlanVerdict
 
-OFCTL = ["ovs-ofctl", "-O", "OpenFlow15"]
-_COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
-
 
 class OvsApplier:
     """Applies rulesets to the integration bridge of namespace ``netns``'s private OVS."""
 
-    def __init__(self, netns: str | None, bridge: str = BRIDGE) -> None:
+    def __init__(self, netns: str | None, bridge: str = BRIDGE, *,
+                 transport: Transport | None = None,
+                 ofports: Callable[[], dict[str, int]] | None = None) -> None:
+        """``transport`` and ``ofports`` (device -> OpenFlow port) replace the bridge
+        connection and OVSDB, for tests of the applier's decisions without a switch."""
         if netns is None:
             raise OvsError("the ovs backend works on a namespace's private Open vSwitch; "
                            "portwall never programs the machine's own")
@@ -48,10 +50,13 @@ class OvsApplier:
         self.target = mgmt(netns, bridge)
         self._db: Ovsdb | None = None
         self._applied: dict[int, tuple[str, ...]] | None = None  # owner -> flows on the bridge
-        # owner cookie -> (the Owner object, its resolved texts), valid for ``_ports``
-        self._resolved: dict[int, tuple[object, tuple[str, ...]]] = {}
+        # owner cookie -> (the Owner object, its resolved texts, its absent devices), valid
+        # for ``_ports``
+        self._resolved: dict[int, tuple[object, tuple[str, ...], frozenset[str]]] = {}
         self._ports: dict[str, int] = {}
         self.commands: list[list[str]] = []
+        self._transport = transport
+        self._ofports = ofports
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -62,7 +67,17 @@ class OvsApplier:
             self._db = Ovsdb(self.netns)
         return self._db
 
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self.db  # noqa: B018 - the daemons (and the bridge's socket) exist first
+            self._transport = default_transport(self.target)
+        return self._transport
+
     def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -86,7 +101,7 @@ class OvsApplier:
                  ) -> tuple[dict[int, tuple[str, ...]], list[str]]:
         """owner -> flow texts with port numbers; flows of absent devices are left out."""
         if ofports is None:
-            ofports = self.db.ofports(self.bridge)
+            ofports = self._ofports() if self._ofports else self.db.ofports(self.bridge)
         if ofports != self._ports:
             self._resolved, self._ports = {}, dict(ofports)
         cache, fresh = self._resolved, {}
@@ -94,20 +109,21 @@ class OvsApplier:
         skipped: set[str] = set()
         for cookie, owner in ruleset.owners.items():
             hit = cache.get(cookie)
-            if hit is not None and hit[0] is owner and not owner.flows_skipped:
-                out[cookie] = hit[1]
-                fresh[cookie] = hit
-                continue
-            texts = []
-            for f in owner.flows:
-                t = F.resolve(f.text(), ofports)
-                if t is None:
-                    skipped.update(d for d in f.devices() if d not in ofports)
-                else:
-                    texts.append(t)
-            out[cookie] = tuple(texts)
-            owner.flows_skipped = len(texts) != len(owner.flows)
-            fresh[cookie] = (owner, out[cookie])
+            if hit is None or hit[0] is not owner:  # valid while the port numbers are
+                texts: list[str] = []
+                missing: set[str] = set()
+                for f in owner.flows:
+                    t = F.resolve(f.text(), ofports)
+                    if t is None:
+                        missing.update(d for d in f.devices() if d not in ofports)
+                    else:
+                        texts.append(t)
+                owner.flows_skipped = len(texts) != len(owner.flows)
+                hit = (owner, tuple(texts), frozenset(missing))
+            out[cookie] = hit[1]
+            if hit[2]:
+                skipped |= hit[2]
+            fresh[cookie] = hit
         self._resolved = fresh
         warnings = [f"device {d} is not on bridge {self.bridge}: its flows are not written"
                     for d in sorted(skipped)]
@@ -142,65 +158,53 @@ class OvsApplier:
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _diff(self, desired: dict[int, tuple[str, ...]]) -> list[str]:
-        text = "\n".join(t for ts in desired.values() for t in ts) + "\n"
-        with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as fh:
-            fh.write(text)
-        try:
-            proc = self._run([*OFCTL, "diff-flows", self.target, fh.name], ok=(0, 2))
-        finally:
-            os.unlink(fh.name)
-        return [ln for ln in proc.stdout.splitlines() if ln[:1] in "+-"]
-
     def _full_sync(self, desired: dict[int, tuple[str, ...]], report: ApplyReport) -> set[int]:
-        diff = self._diff(desired)
+        """Ask the bridge, then rewrite only the owners whose flows differ (one bundle)."""
+        diff = self.transport.diff([t for ts in desired.values() for t in ts])
         if not diff:
             return set()
-        changed = {int(m.group(1), 16) & F.OWNER_MASK for ln in diff
-                   if (m := _COOKIE.search(ln))}
-        text = "\n".join(t for ts in desired.values() for t in ts) + "\n"
-        self._bundle("replace-flows", text, report)
-        report.changes = {"flows_written": sum(len(v) for v in desired.values()),
-                          "owners_changed": len(changed), "full_sync": 1}
-        return changed or {0}
+        changed = {ln.cookie & F.OWNER_MASK for ln in diff}
+        adds = [t for c in sorted(changed) for t in desired.get(c, ())]
+        self._bundle([(c, F.OWNER_MASK) for c in sorted(changed)], adds, report)
+        report.changes = {"flows_written": len(adds), "owners_changed": len(changed),
+                          "full_sync": 1}
+        return changed
 
     def _incremental(self, desired: dict[int, tuple[str, ...]], report: ApplyReport) -> set[int]:
+        """Only the flows that differ, within the owners that differ: a flow whose slot
+        (table, priority, match) is gone is deleted by its slot, a new or changed flow is
+        added (an add replaces the flow in its slot). Deleting by slot is an exact lookup
+        for the switch; by cookie/mask it would walk all 60,000 flows."""
         assert self._applied is not None
         old = self._applied
-        changed = {c for c, fl in desired.items() if old.get(c, ()) != fl}
-        gone = {c for c in set(old) - set(desired) if old[c]}
+        # an owner resolved from cache has the very tuple applied last time: ``is`` first
+        changed = {c for c, fl in desired.items()
+                   if fl is not (was := old.get(c)) and fl != (was or ())}
+        gone = {c for c in old.keys() - desired.keys() if old[c]}
         if not changed and not gone:
             return set()
-        lines = [f"delete cookie={c:#x}/{F.OWNER_MASK:#x}" for c in sorted(changed | gone)
-                 if c in old]
-        lines += [f"add {t}" for c in sorted(changed) for t in desired[c]]
-        self._bundle("add-flows", "\n".join(lines) + "\n", report)
-        report.changes = {"flows_added": sum(len(desired[c]) for c in changed),
-                          "flows_deleted": sum(len(old[c]) for c in changed | gone if c in old),
+        removes: list[str] = []
+        adds: list[str] = []
+        for c in sorted(changed | gone):
+            before = {flow_slot(t): t for t in old.get(c, ())}
+            after = {flow_slot(t): t for t in desired.get(c, ())}
+            removes += [t for k, t in before.items() if k not in after]
+            adds += [t for k, t in after.items() if before.get(k) != t]
+        self._bundle([], adds, report, removes)
+        report.changes = {"flows_added": len(adds), "flows_deleted": len(removes),
                           "owners_changed": len(changed | gone)}
         return changed | gone
 
-    def _bundle(self, command: str, text: str, report: ApplyReport) -> None:
-        """One atomic OpenFlow bundle (the file is read by ovs-ofctl, then sent as one)."""
-        with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as fh:
-            fh.write(text)
-        argv = [*OFCTL, "--bundle", command, self.target, fh.name]
+    def _bundle(self, deletes: list[tuple[int, int]], adds: list[str], report: ApplyReport,
+                removes: list[str] | None = None) -> None:
+        """One atomic OpenFlow bundle: deletes by cookie, deletes by slot, then adds."""
+        t = self.transport
+        n = len(t.log)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            t.bundle(deletes, adds, removes or [])
         finally:
-            os.unlink(fh.name)
-        self.commands.append(argv)
-        report.write_commands.append(" ".join(argv[:-1]) + " <flows>")
-        if proc.returncode != 0:
-            line = None
-            m = re.search(r":(\d+): ", proc.stderr)
-            if m:
-                n = int(m.group(1))
-                lines = text.splitlines()
-                line = lines[n - 1] if 0 < n <= len(lines) else None
-            raise ApplyError("ovs-ofctl bundle refused; the bridge keeps its previous flows",
-                             command=" ".join(argv[:5]), line=line, stderr=proc.stderr,
-                             rolled_back=True)
+            report.write_commands += t.log[n:]
+        report.timings.update({f"bundle {k}": v for k, v in getattr(t, "timings", {}).items()})
 
     # ---------------------------------------------------------------- conntrack
     def conntrack(self) -> list[CtEntry]:
@@ -234,17 +238,16 @@ class OvsApplier:
     def drift(self, ruleset: OvsRuleset) -> list[str]:
         desired, _ = self.resolved(ruleset)
         out = []
-        for ln in self._diff(desired):
-            m = _COOKIE.search(ln)
-            who = ruleset.label_of(int(m.group(1), 16)) if m else "(no cookie)"
-            what = "missing on the bridge" if ln[0] == "+" else "not rendered (extra)"
-            out.append(f"{what}: {ln[1:].strip()}  [{who}]")
+        for ln in self.transport.diff([t for ts in desired.values() for t in ts]):
+            who = ruleset.label_of(ln.cookie) if ln.cookie else "(no cookie)"
+            what = "missing on the bridge" if ln.sign == "+" else "not rendered (extra)"
+            out.append(f"{what}: {ln.text}  [{who}]")
         return out
 
     def remove_all(self) -> None:
         """Delete every flow (the bridge is portwall's alone) in one bundle."""
-        self._run([*OFCTL, "--bundle", "del-flows", self.target])
         self._applied = None
+        self.transport.bundle([(0, 0)], [])
 
 
 # ------------------------------------------------------------------ conntrack text

@@ -12,6 +12,7 @@ Bridges, ports and OpenFlow port numbers go through OVSDB (ovsdbapp), never by p
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,33 @@ def vswitchd_ctl(netns: str) -> str:
     return str(run_dir(netns) / "ovs-vswitchd.ctl")
 
 
+def _import_ovs_without_eventlet() -> None:
+    """Import the ovs library as if eventlet were absent: ``ovs.poller`` probes for it (it
+    comes with os-ken) and importing eventlet warns and hooks every fork(); portwall never
+    monkey-patches, so the probe's answer would be "not patched" anyway."""
+    if "ovs.poller" in sys.modules or "eventlet" in sys.modules:
+        return
+    sys.modules["eventlet"] = None  # type: ignore[assignment]  # -> ImportError
+    try:
+        import ovs.poller  # noqa: F401
+    finally:
+        del sys.modules["eventlet"]
+
+
+#: columns ovs-vswitchd rewrites all the time (counters, link state): not monitored. With a
+#: thousand ports, parsing their updates every few seconds in the IDL thread holds the GIL
+#: for tens of milliseconds, right in the middle of whatever change is being applied.
+VOLATILE = frozenset({"statistics", "status", "link_resets", "link_state", "link_speed",
+                      "duplex", "mtu", "admin_state", "lacp_current", "ifindex", "bfd_status",
+                      "cfm_fault", "cfm_fault_status", "cfm_health", "cfm_remote_mpids",
+                      "cfm_remote_opstate", "cfm_flap_count"})
+
+
 class Ovsdb:
     """An ovsdbapp connection to one private ovsdb-server (close it when done)."""
 
     def __init__(self, netns: str, timeout: float = 60) -> None:
+        _import_ovs_without_eventlet()
         from ovsdbapp.backend.ovs_idl import connection
         from ovsdbapp.schema.open_vswitch import impl_idl
 
@@ -68,7 +92,13 @@ class Ovsdb:
         if not sock.exists():
             raise OvsError(f"no Open vSwitch for namespace {netns} ({sock} missing): is the "
                            "sandbox built for the ovs backend?")
-        idl = connection.OvsdbIdl.from_server(f"unix:{sock}", "Open_vSwitch")
+        from ovsdbapp.backend.ovs_idl import idlutils
+
+        remote = f"unix:{sock}"
+        helper = idlutils.get_schema_helper(remote, "Open_vSwitch")
+        for table, spec in helper.schema_json["tables"].items():
+            helper.register_columns(table, [c for c in spec["columns"] if c not in VOLATILE])
+        idl = connection.OvsdbIdl(remote, helper)
         self._conn = connection.Connection(idl=idl, timeout=timeout)
         # ovsdbapp keeps one connection per API class: a class of our own per server
         api_cls = type("PortwallOvsIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})

@@ -416,6 +416,7 @@ class OvsRenderer:
                                        frozenset[IPNetwork]]] = {}
         self._acc: dict[tuple[int, str], dict[tuple[int, str], int]] = {}  # -> (conj, set): n
         self._mowners: dict[tuple[int, str], Owner] = {}
+        self._floods: dict[int, tuple[tuple[str, ...], str, Owner]] = {}
         self._base = base_owner()
 
     def render(self, plan: HostPlan) -> OvsRuleset:
@@ -533,21 +534,32 @@ class OvsRenderer:
                 keys.add(key)
         return keys
 
-    @staticmethod
-    def _add_floods(plan: HostPlan, owners: dict[int, Owner]) -> None:
+    def _add_floods(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
+        """One flood flow per network; the same Owner object while the network's devices
+        stay the same (its text is O(ports), and an unchanged object is what lets the
+        applier skip resolving it again)."""
         nets: dict[int, list[PortPlan]] = {}
         for p in plan.ports:
             nets.setdefault(p.zone, []).append(p)
+        old, self._floods = self._floods, {}
         for zone, ports in sorted(nets.items()):
+            devices = tuple(p.device for p in ports)
+            hit = old.get(zone)
+            if hit is not None and hit[0] == devices and hit[1] == ports[0].network_id:
+                self._floods[zone] = hit
+                self._put(owners, hit[2])
+                continue
             cookie = F.owner_cookie(F.KIND_NET, f"zone:{zone}")
-            acts = "".join(F.flood_action(p.device) for p in ports)
+            acts = "".join(F.flood_action(d) for d in devices)
             rid = f"flood-{ports[0].network_id}"
             origin = Origin(OriginKind.PROVIDER, "network", ports[0].network_id, "",
                             "broadcast and multicast to every port of the network")
-            OvsRenderer._put(owners, Owner(
+            owner = Owner(
                 cookie, f"network {ports[0].network_id} (zone {zone})",
                 (Flow(F.T_FORWARD, 50, f"reg6={zone},dl_dst=01:00:00:00:00:00/01:00:00:00:00:00",
-                      acts, cookie | 1),), {cookie | 1: rid}, {rid: origin}))
+                      acts, cookie | 1),), {cookie | 1: rid}, {rid: origin})
+            self._floods[zone] = (devices, ports[0].network_id, owner)
+            self._put(owners, owner)
 
 
 def render_ovs(plan: HostPlan) -> OvsRuleset:
