@@ -141,16 +141,26 @@ def applied_revisions(url: str) -> dict[str, int]:
             for r in records if r.kind == "agent"}
 
 
+def resource_head(store: Any) -> int:
+    """The revision of the last resource change: agents' own status reports also move the
+    store's head, and waiting for those would chase a moving target."""
+    cs = store.changes(0)
+    if cs.reset:
+        return int(store.head())
+    return max((c.revision for c in cs.changes if c.kind != "agent"), default=0)
+
+
 def wait_converged(box: MultiSandbox, revision: int | None = None,
                    timeout: float = 60.0) -> dict[str, int]:
-    """Wait until every host's agent applied ``revision`` (default: the store's head)."""
+    """Wait until every host's agent applied ``revision`` (default: the last resource
+    change in the store)."""
     from portwall.store import open_store
 
     url = box.state.store or ""
     if revision is None:
         store = open_store(url)
         try:
-            revision = store.head()
+            revision = resource_head(store)
         finally:
             store.close()
     deadline = time.monotonic() + timeout
