@@ -128,15 +128,17 @@ def stop_agents(box: MultiSandbox) -> None:
         h.agent_pid = None
 
 
-def applied_revisions(url: str) -> dict[str, int]:
+def applied_revisions(url: str, store: Any = None) -> dict[str, int]:
     """Host -> the revision its agent last reported as applied (``/v2.0/agents``)."""
     from portwall.store import open_store
 
-    store = open_store(url)
+    own = store is None
+    store = open_store(url) if own else store
     try:
         records, _ = store.list()
     finally:
-        store.close()
+        if own:
+            store.close()
     return {str(r.body.get("host")): int(r.body.get("applied_revision", -1))
             for r in records if r.kind == "agent"}
 
@@ -157,24 +159,24 @@ def wait_converged(box: MultiSandbox, revision: int | None = None,
     from portwall.store import open_store
 
     url = box.state.store or ""
-    if revision is None:
-        store = open_store(url)
-        try:
+    store = open_store(url)
+    try:
+        if revision is None:
             revision = resource_head(store)
-        finally:
-            store.close()
-    deadline = time.monotonic() + timeout
-    while True:
-        got = applied_revisions(url)
-        late = [h for h in box.state.hosts if got.get(h, -1) < revision]
-        if not late:
-            return got
-        dead = [h for h in late if not agent_alive(box, h)]
-        if dead or time.monotonic() > deadline:
-            logs = "".join(_tail(box.state.hosts[h].agent_log) for h in late)
-            raise LabError(f"agents of {', '.join(late)} did not apply revision {revision}"
-                           f"{' (not running)' if dead else ''}:\n{logs}")
-        time.sleep(0.05)
+        deadline = time.monotonic() + timeout
+        while True:
+            got = applied_revisions(url, store)
+            late = [h for h in box.state.hosts if got.get(h, -1) < revision]
+            if not late:
+                return got
+            dead = [h for h in late if not agent_alive(box, h)]
+            if dead or time.monotonic() > deadline:
+                logs = "".join(_tail(box.state.hosts[h].agent_log) for h in late)
+                raise LabError(f"agents of {', '.join(late)} did not apply revision "
+                               f"{revision}{' (not running)' if dead else ''}:\n{logs}")
+            time.sleep(0.01)
+    finally:
+        store.close()
 
 
 def _tail(path: str, lines: int = 15) -> str:

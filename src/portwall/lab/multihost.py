@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -232,7 +233,12 @@ class MultiSandbox(Sandbox):
         _only_in(self.pid)
         with contextlib.suppress(Exception):
             hostagents.stop_agents(self)
-        return super()._teardown()
+        removed = super()._teardown()
+        for h in self.state.hosts.values():
+            if h.agent_log:
+                with contextlib.suppress(OSError):
+                    os.unlink(h.agent_log)
+        return removed
 
     def status(self) -> dict[str, Any]:
         d = super().status()
