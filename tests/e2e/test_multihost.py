@@ -117,7 +117,9 @@ def test_remote_group_member_on_host_b_changes_host_a(seed001: LabBox,
     plan_a = compile_plan(seed001.topo.model, a)
     assert not any(p.name == "client-port" for p in plan_a.ports)  # not host A's port
     proxy_ip = seed001.ip("proxy-a")
-    with Server(seed001.vm("proxy-a"), tcp=[80]):
+    with Server(seed001.vm("proxy-a"), tcp=[80]), \
+            Session(seed001.vm("admin"), proxy_ip, 80) as admin:
+        assert admin.connected and admin.send()  # a member's connection, kept throughout
         assert not seed001.reach("client", "proxy-a", "tcp", 80)
         try:
             rep = seed001.update(lambda m: m.update_port(
@@ -133,6 +135,7 @@ def test_remote_group_member_on_host_b_changes_host_a(seed001: LabBox,
                 assert not s.send(), "leaving the remote group must cut the open connection"
             assert not seed001.reach("client", "proxy-a", "tcp", 80)
             assert seed001.reach("admin", "proxy-a", "tcp", 80)  # the real member still is
+            assert admin.send(), "an allowed established connection was cut"
         finally:
             seed001.update(lambda m: m.update_port("client-port", {"security_groups": []}))
     assert all(not d for d in drift_per_host(seed001).values())

@@ -99,7 +99,9 @@ def test_agents_enforce_each_host_and_converge_after_kill9(
     a, b = lb.vm("proxy-a").host, lb.vm("client").host
     assert a != b
 
-    with Server(lb.vm("proxy-a"), tcp=[80]):
+    with Server(lb.vm("proxy-a"), tcp=[80]), \
+            Session(lb.vm("admin"), lb.ip("proxy-a"), 80) as admin:
+        assert admin.connected and admin.send()  # allowed all along: must survive restarts
         assert not lb.reach("client", "proxy-a", "tcp", 80)
         rev = change(url, lambda m: m.update_port("client-port", {"security_groups": ["ssh"]}))
         hostagents.wait_converged(box, rev, timeout=30)
@@ -117,5 +119,6 @@ def test_agents_enforce_each_host_and_converge_after_kill9(
             assert not s.send(), "the restarted agent left a connection the policy refuses"
         assert not lb.reach("client", "proxy-a", "tcp", 80)
         assert lb.reach("admin", "proxy-a", "tcp", 80)
+        assert admin.send(), "the agent's restart cut an allowed established connection"
     assert all(hostagents.agent_alive(box, h) for h in box.state.hosts)
     assert drift(box, url) == {h: [] for h in box.state.hosts}
