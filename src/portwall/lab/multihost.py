@@ -214,10 +214,10 @@ class MultiSandbox(Sandbox):
         for h in self.state.hosts.values():
             used = {p.bridge for vm in self.state.vms.values() if vm.host == h.name
                     for p in vm.ports}
-            for br in [b for b in self.state.bridges if b not in used]:
-                if netns.run(h.netns, ["ip", "link", "show", br], check=False).returncode == 0:
-                    netns.run(h.netns, ["ip", "link", "del", br])
-                    report.changes.append(f"{h.name}: removed bridge {br}")
+            present = set(overlay.links(h.netns, "bridge"))
+            for br in [b for b in self.state.bridges if b not in used and b in present]:
+                netns.run(h.netns, ["ip", "link", "del", br])
+                report.changes.append(f"{h.name}: removed bridge {br}")
 
     # ------------------------------------------------------------- lifecycle
     def apply(self, topo: Topology) -> LabReport:
@@ -225,8 +225,9 @@ class MultiSandbox(Sandbox):
             raise LabError(f"sandbox {self.name} is enforced by agents following "
                            f"{self.state.store}: change the resources there (the API)")
         report = super().apply(topo)
-        with st.locked(self.name):
-            report.changes += self._sync_overlay(topo)
+        if report.changes:  # interfaces changed: VXLAN devices and flood lists may have to
+            with st.locked(self.name):
+                report.changes += self._sync_overlay(topo)
         return report
 
     def _teardown(self) -> list[str]:

@@ -63,7 +63,7 @@ def attach_host(underlay: str, host: str, index: int) -> None:
     netns.run(host, ["ip", "link", "set", UNDERLAY_DEV, "up"])
 
 
-def _links(ns: str, kind: str) -> list[str]:
+def links(ns: str, kind: str) -> list[str]:
     out = netns.run(ns, ["ip", "-j", "link", "show", "type", kind]).stdout
     return [str(link["ifname"]) for link in json.loads(out or "[]")]
 
@@ -77,7 +77,7 @@ def _flood_peers(ns: str, dev: str) -> set[str]:
 def host_networks(state: SandboxState, bridges: Mapping[str, str]) -> dict[str, set[str]]:
     """Host name -> tenant networks whose bridge exists there (VM ports, and on the first
     host the routers' and the outside's). ``bridges``: bridge name -> network id."""
-    return {h.name: {bridges[b] for b in _links(h.netns, "bridge") if b in bridges}
+    return {h.name: {bridges[b] for b in links(h.netns, "bridge") if b in bridges}
             for h in state.hosts.values()}
 
 
@@ -91,7 +91,7 @@ def sync_overlay(state: SandboxState, bridges: Mapping[str, str]) -> list[str]:
         if net not in state.vnis:
             state.vnis[net] = max(state.vnis.values(), default=FIRST_VNI - 1) + 1
     for h in state.hosts.values():
-        have = {d for d in _links(h.netns, "vxlan")}
+        have = {d for d in links(h.netns, "vxlan")}
         want = {vxlan_dev(state.vnis[n]): n for n in present[h.name]}
         for dev in sorted(have - set(want)):
             netns.run(h.netns, ["ip", "link", "del", dev])
