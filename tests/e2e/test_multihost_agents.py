@@ -120,5 +120,18 @@ def test_agents_enforce_each_host_and_converge_after_kill9(
         assert not lb.reach("client", "proxy-a", "tcp", 80)
         assert lb.reach("admin", "proxy-a", "tcp", 80)
         assert admin.send(), "the agent's restart cut an allowed established connection"
+
+        # more crashes at other moments of the change (before the poll, during the apply)
+        for i, delay in enumerate((0.0, 0.08, 0.15)):
+            join = i % 2 == 0
+            rev = change(url, lambda m, j=join: m.update_port(
+                "client-port", {"security_groups": ["ssh"] if j else []}))
+            time.sleep(delay)
+            hostagents.kill_agent(box, a)
+            hostagents.start_agent(box, a)
+            hostagents.wait_converged(box, rev, timeout=60)
+            assert lb.reach("client", "proxy-a", "tcp", 80) == join, (delay, join)
+            assert admin.send(), f"restart {i} cut an allowed established connection"
+            assert drift(box, url) == {h: [] for h in box.state.hosts}, delay
     assert all(hostagents.agent_alive(box, h) for h in box.state.hosts)
     assert drift(box, url) == {h: [] for h in box.state.hosts}
