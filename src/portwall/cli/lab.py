@@ -120,31 +120,61 @@ def require_root() -> None:
                    "port device_id; the file is kept beside the sandbox's state).")
 @click.option("--token", envvar="PORTWALL_ADMIN_TOKEN", default=None,
               help="Admin token for --server (also PORTWALL_ADMIN_TOKEN).")
+@click.option("--hosts", type=click.IntRange(min=0), default=0,
+              help="Spread the VMs over N compute host namespaces joined by VXLAN (VMs "
+                   "with `host:` stay where the file puts them; the rest round-robin).")
+@click.option("--db", "db", default=None, metavar="URL",
+              help="Multi-host: enforce with one `portwall agent --host H` per host "
+                   "following this store (sqlite:///..., etcd://...); FILE's resources "
+                   "are written into it when it is empty.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 def up_cmd(file: str | None, name: str, no_policy: bool, backend: str, server: str | None,
-           token: str | None, as_json: bool) -> None:
+           token: str | None, hosts: int, db: str | None, as_json: bool) -> None:
     """Build a sandbox from FILE (or from a server's resources) and apply its policy."""
+    from portwall.lab.multihost import MultiSandbox, is_multihost
+
     if (file is None) == (server is None):
         fail("give a topology FILE or --server URL (one of them)")
     if server is not None:
         file = _file_from_server(server, token, name)
     assert file is not None
     topo = load_or_exit(file, as_json)
+    multi = is_multihost(topo, hosts)
+    if db is not None and not multi:
+        fail("--db (agents per host) needs a multi-host sandbox: --hosts N or `host:` on VMs")
     out = console()
+    box: Sandbox
     try:
         with progress(f"building sandbox {name}: {len(topo.lab.vms)} VMs, "
                       f"{len(topo.model.ports)} ports", enabled=not as_json) as step:
-            box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend,
-                                     on_step=step)
+            if multi:
+                box, report = MultiSandbox.up_hosts(
+                    topo, name, hosts=hosts, apply=not no_policy, backend=backend, store=db,
+                    seed=server is None, on_step=step)
+            else:
+                box, report = Sandbox.up(topo, name, apply=not no_policy, backend=backend,
+                                         on_step=step)
     except LabError as e:
         fail(str(e))
     if as_json:
         echo_json({"name": box.name, "host_netns": box.host_ns, "backend": box.state.backend,
+                   "hosts": {h.name: h.netns for h in box.state.hosts.values()},
                    **report_json(report)})
         return
-    out.print(f"sandbox [bold]{box.name}[/bold] is up on {box.state.backend} "
-              f"(host namespace {box.host_ns})")
+    where = (f"{len(box.state.hosts)} hosts ({', '.join(box.state.hosts)})"
+             + (f", agents following {db}" if db else "")) if multi else \
+        f"host namespace {box.host_ns}"
+    out.print(f"sandbox [bold]{box.name}[/bold] is up on {box.state.backend} ({where})")
     print_report(report, out, chains=0)
+
+
+def _temporary(topo: Any, backend: str, hosts: int, step: Any) -> Sandbox:
+    from portwall.lab.multihost import MultiSandbox, is_multihost
+
+    name = f"check-{st.short_token()}"
+    if is_multihost(topo, hosts):
+        return MultiSandbox.up_hosts(topo, name, hosts=hosts, backend=backend, on_step=step)[0]
+    return Sandbox.up(topo, name, backend=backend, on_step=step)[0]
 
 
 def _file_from_server(url: str, token: str | None, name: str) -> str:
@@ -241,8 +271,16 @@ def status_cmd(names: tuple[str, ...], opt_name: str | None, as_json: bool) -> N
         out.print(f"[bold]{s['name']}[/bold]  {s['topology']}")
         out.print(f"  host namespace {s['host_netns']} ({'up' if s['alive'] else 'MISSING'}),"
                   f" backend {s.get('backend', '?')}, bridges: {', '.join(s['bridges']) or '-'}")
+        for h in s.get("hosts", {}).values():
+            agent = "" if not h.get("agent_pid") else (
+                f", agent pid {h['agent_pid']} " + ("running" if h["agent_alive"] else "DEAD"))
+            out.print(f"  host {h['name']}: namespace {h['netns']} "
+                      f"({'up' if h['alive'] else 'MISSING'}), underlay {h['underlay_ip']}"
+                      f"{agent}")
         t = Table(show_edge=False, pad_edge=False, box=None)
-        for col in ("VM", "routing", "if", "port", "addresses", "MAC", "tap"):
+        multi = bool(s.get("hosts"))
+        for col in ("VM", *(["host"] if multi else []), "routing", "if", "port", "addresses",
+                    "MAC", "tap"):
             t.add_column(col, overflow="fold")
         for vm in s["vms"].values():
             routing = [*(["forwards"] if vm["forward"] else []),
@@ -251,7 +289,9 @@ def status_cmd(names: tuple[str, ...], opt_name: str | None, as_json: bool) -> N
             label = vm["name"] + ("" if vm["alive"] else " (MISSING)")
             for i, p in enumerate(vm["ports"]):
                 first = i == 0
-                t.add_row(label if first else "", ", ".join(routing) if first else "",
+                t.add_row(label if first else "",
+                          *([vm["host"] if first else ""] if multi else []),
+                          ", ".join(routing) if first else "",
                           p["ifname"], p["name"], " ".join(p["addresses"]), p["mac"],
                           p["device"])
         out.print(t)
@@ -326,8 +366,11 @@ def down_cmd(name: str | None, all_: bool, as_json: bool) -> None:
 @click.option("--timeout", default=0.8, show_default=True, help="Seconds per probe.")
 @click.option("--backend", type=click.Choice(backends.names()), default=backends.DEFAULT,
               show_default=True, help="Dataplane of the temporary sandbox (if one is built).")
+@click.option("--hosts", type=click.IntRange(min=0), default=0,
+              help="The temporary sandbox spreads its VMs over N hosts (VXLAN).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable results.")
-def check_cmd(file: str, name: str | None, timeout: float, backend: str, as_json: bool) -> None:
+def check_cmd(file: str, name: str | None, timeout: float, backend: str, hosts: int,
+              as_json: bool) -> None:
     """Test FILE's expect: lines with real traffic; exit 1 on any mismatch.
 
     Uses the named sandbox when it is up; otherwise builds a temporary one from FILE and
@@ -345,8 +388,7 @@ def check_cmd(file: str, name: str | None, timeout: float, backend: str, as_json
         else:
             with progress(f"building a temporary sandbox for {len(topo.lab.vms)} VMs",
                           enabled=not as_json) as step:
-                tmp, _ = Sandbox.up(topo, f"check-{st.short_token()}", backend=backend,
-                                    on_step=step)
+                tmp = _temporary(topo, backend, hosts, step)
             if not as_json:
                 out.print(f"temporary sandbox {tmp.name} on {tmp.state.backend} "
                           "(removed afterwards)")

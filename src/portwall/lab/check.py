@@ -127,7 +127,7 @@ def run_checks(box: Sandbox, expects: Sequence[Expect],
 
 
 def _countable(box: Sandbox, key: CounterKey) -> bool:
-    return key[0] != box.host_ns or box.state.backend == "iptables"
+    return key[0] not in box.host_namespaces() or box.state.backend == "iptables"
 
 
 def _verdicts(box: Sandbox, expects: Sequence[Expect], targets: list[tuple[str, str | None]],
@@ -138,7 +138,8 @@ def _verdicts(box: Sandbox, expects: Sequence[Expect], targets: list[tuple[str, 
     if topo is None:
         return [None] * len(expects)
     tracer = Tracer.for_topology(topo, compile_plan(topo.model))
-    return [evaluate(topo, tracer, e, t, box.host_ns, box.state.routers)
+    port_ns = box.port_namespaces()
+    return [evaluate(topo, tracer, e, t, box.host_ns, box.state.routers, port_ns)
             for e, (t, _) in zip(expects, targets, strict=True)]
 
 

@@ -41,8 +41,10 @@ class Verdict:
 
 
 def evaluate(topo: Topology, tracer: Tracer, e: Expect, target: str, host_ns: str,
-             router_ns: dict[str, str]) -> Verdict:
-    """What the plan says about ``e`` (sent to ``target``), with the deciding rule."""
+             router_ns: dict[str, str], port_ns: dict[str, str] | None = None) -> Verdict:
+    """What the plan says about ``e`` (sent to ``target``), with the deciding rule.
+    ``port_ns``: port id -> the host namespace enforcing it, when not ``host_ns`` (a
+    multi-host sandbox: a drop is counted on the dropping port's host)."""
     try:
         res = tracer.trace(e.src, target, e.proto, dport=e.port)
     except (TraceError, ValueError) as err:
@@ -51,10 +53,11 @@ def evaluate(topo: Topology, tracer: Tracer, e: Expect, target: str, host_ns: st
         return Verdict("unknown", res.unknown or "path leaves the model")
     if res.allowed:
         return Verdict("allow", "the plan allows it")
-    return _denial(res, host_ns, router_ns, e)
+    return _denial(res, host_ns, router_ns, e, port_ns or {})
 
 
-def _denial(res: TraceResult, host_ns: str, router_ns: dict[str, str], e: Expect) -> Verdict:
+def _denial(res: TraceResult, host_ns: str, router_ns: dict[str, str], e: Expect,
+            port_ns: dict[str, str]) -> Verdict:
     from portwall.backends.iptables.l3 import fw_chain
     from portwall.backends.iptables.render import egress_chain, ingress_chain, spoof_chain
 
@@ -79,14 +82,15 @@ def _denial(res: TraceResult, host_ns: str, router_ns: dict[str, str], e: Expect
         d = hop.result.denied_by
         if d is None:
             continue
+        ns = port_ns.get(d.port.id, host_ns)
         if isinstance(d.decided_by, SpoofCheck):
             return Verdict("deny", f"anti-spoof of port {d.port.name}",
-                           (host_ns, fam, spoof_chain(d.port), "pw-spoof-drop"))
+                           (ns, fam, spoof_chain(d.port), "pw-spoof-drop"))
         if d.decided_by is None:
             return Verdict("deny", "end of chain", None)
         chain = ingress_chain(d.port) if d.direction == "ingress" else egress_chain(d.port)
         why = f"{d.direction} of port {d.port.name}: {d.origin.detail or d.decided_by.rid}"
-        return Verdict("deny", why, (host_ns, fam, chain, d.decided_by.rid))
+        return Verdict("deny", why, (ns, fam, chain, d.decided_by.rid))
     return Verdict("unreachable", next((s.detail for s in res.steps if s.outcome == "deny"),
                                        "no path"))
 

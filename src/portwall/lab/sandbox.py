@@ -98,7 +98,24 @@ class Sandbox:
 
     @classmethod
     def open(cls, name: str) -> Sandbox:
-        return cls(st.load(name))
+        state = st.load(name)
+        if state.hosts:  # several compute hosts joined by VXLAN
+            from portwall.lab.multihost import MultiSandbox
+
+            return MultiSandbox(state)
+        return cls(state)
+
+    def _host_of(self, vm: VMState) -> str:
+        """The compute host namespace ``vm`` is plugged into (one here; see multihost)."""
+        return self.host_ns
+
+    def host_namespaces(self) -> list[str]:
+        """Every compute host namespace (where port chains and their counters live)."""
+        return [self.host_ns]
+
+    def port_namespaces(self) -> dict[str, str]:
+        """Port id -> the host namespace enforcing it (empty: all in ``host_ns``)."""
+        return {}
 
     # -------------------------------------------------------------------- up
     @classmethod
@@ -189,7 +206,7 @@ class Sandbox:
         self._set_routes(recorded, vm, report)
 
     def _plug(self, vm: VMState, port: PortState, report: LabReport) -> None:
-        with _iproute(self.host_ns) as hip:
+        with _iproute(self._host_of(vm)) as hip:
             br = None if self.ovs else self._ensure_bridge(hip, port.bridge, report)
             for stale in hip.link_lookup(ifname=port.device):
                 hip.link("del", index=stale)
@@ -223,7 +240,7 @@ class Sandbox:
             f"{' '.join(port.addresses) or '(no address)'} as {port.device} on {port.bridge}")
 
     def _unplug(self, vm: VMState, port: PortState, report: LabReport) -> None:
-        with _iproute(self.host_ns) as hip:
+        with _iproute(self._host_of(vm)) as hip:
             for idx in hip.link_lookup(ifname=port.device):
                 hip.link("del", index=idx)  # deleting one end removes the VM end too
         if self.ovs:
@@ -292,7 +309,7 @@ class Sandbox:
         with st.locked(self.name):
             self.state = st.load(self.name)
             plan = compile_plan(topo.model)
-            want = desired_vms(topo, plan, self.state.id)
+            want = self._desired(topo, plan)
             report = LabReport()
             for name in sorted(set(self.state.vms) - set(want)):
                 self._remove_vm(self.state.vms[name], report)
@@ -306,11 +323,18 @@ class Sandbox:
             self._drop_unused_bridges(report)
             self.state.topology = _source(topo)
             st.save(self.state)
-            report.policy = apply_policy(self.host_ns, plan, self.state.backend)
+            report.policy = self._enforce(topo, plan)
             self._sync_l3(topo, plan, report)
             for vm_state, port, addr in garp:
                 self._announce(vm_state, port, addr)
             return report
+
+    def _desired(self, topo: Topology, plan: HostPlan) -> dict[str, VMState]:
+        return desired_vms(topo, plan, self.state.id)
+
+    def _enforce(self, topo: Topology, plan: HostPlan) -> PolicyReport | None:
+        """Make the dataplane enforce ``plan`` (the multi-host sandbox: per host)."""
+        return apply_policy(self.host_ns, plan, self.state.backend)
 
     def _sync_vm(self, have: VMState, want: VMState,
                  report: LabReport) -> list[tuple[VMState, PortState, str]]:
@@ -335,7 +359,7 @@ class Sandbox:
         return garp
 
     def _remove_vm(self, vm: VMState, report: LabReport) -> None:
-        with _iproute(self.host_ns) as hip:
+        with _iproute(self._host_of(vm)) as hip:
             for p in vm.ports:
                 for idx in hip.link_lookup(ifname=p.device):
                     hip.link("del", index=idx)

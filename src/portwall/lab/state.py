@@ -49,10 +49,21 @@ class RouteState(BaseModel):
 class VMState(BaseModel):
     name: str
     netns: str
+    host: str = ""  # multi-host sandboxes: the compute host (binding:host_id) it runs on
     forward: bool = False
     gateway: str | None = None
     routes: list[RouteState] = Field(default_factory=list)
     ports: list[PortState] = Field(default_factory=list)
+
+
+class HostState(BaseModel):
+    """One compute host of a multi-host sandbox (:mod:`portwall.lab.multihost`)."""
+
+    name: str  # the ports' binding:host_id
+    netns: str
+    underlay_ip: str  # its VXLAN endpoint on the underlay bridge
+    agent_pid: int | None = None  # `portwall agent --host` enforcing it (store mode)
+    agent_log: str = ""
 
 
 class SandboxState(BaseModel):
@@ -72,6 +83,12 @@ class SandboxState(BaseModel):
     outside: str | None = None  # the outside namespace (lab.outside)
     outside_address: str | None = None
     floating: dict[str, str] = Field(default_factory=dict)  # floating IP -> VM behind it
+    # Multi-host sandboxes only (empty otherwise): compute hosts by name, the underlay
+    # namespace joining them, one VXLAN VNI per tenant network, the store agents follow.
+    hosts: dict[str, HostState] = Field(default_factory=dict)
+    underlay: str | None = None
+    vnis: dict[str, int] = Field(default_factory=dict)
+    store: str | None = None
 
     def vm(self, name: str) -> VMState:
         try:

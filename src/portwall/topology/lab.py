@@ -23,11 +23,13 @@ Fail = Callable[..., TopologyError]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 LAB_FIELDS = ("vms", "expect", "outside")
-VM_FIELDS = ("ports", "forward", "gateway", "routes")
+VM_FIELDS = ("ports", "forward", "gateway", "routes", "host")
 ROUTE_FIELDS = ("destination", "via")
 EXPECT_FIELDS = ("from", "to", "proto", "port", "verdict")
 #: Namespace and interface names are built from VM names, and Linux caps them at 15 chars.
 VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,11}$")
+#: A compute host's name (binding:host_id) in a multi-host lab.
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def parse_lab(raw: Any, model: Model, fail: Fail, line_of: Callable[[str], int | None],
@@ -106,7 +108,7 @@ def _vm(name: str, spec: Any, model: Model, fail: Fail, owner: dict[str, str]) -
                    " becomes part of namespace and interface names)")
     spec = spec or {}
     if not isinstance(spec, dict):
-        raise fail(loc, "a VM must be a mapping (ports, forward, gateway, routes)")
+        raise fail(loc, "a VM must be a mapping (ports, forward, gateway, routes, host)")
     unknown = sorted(set(spec) - set(VM_FIELDS))
     if unknown:
         raise fail(f"{loc}.{unknown[0]}", f"unknown VM field '{unknown[0]}' (expected "
@@ -154,7 +156,25 @@ def _vm(name: str, spec: Any, model: Model, fail: Fail, owner: dict[str, str]) -
                        f" {dest} is IPv{dest.version}")
         routes.append(Route(str(dest), str(via)))
     return VM(name, [p.id for p in ports], forward,
-              None if gateway is None else str(gateway), routes)
+              None if gateway is None else str(gateway), routes,
+              _host(loc, spec.get("host"), ports, fail))
+
+
+def _host(loc: str, raw: Any, ports: list[Port], fail: Fail) -> str | None:
+    """The VM's compute host: ``host:``, else its ports' binding:host_id (all the same)."""
+    bound = {p.binding_host_id for p in ports if p.binding_host_id}
+    if raw is None:
+        if len(bound) > 1:
+            raise fail(f"{loc}.ports", f"the VM's ports are bound to different hosts "
+                       f"({', '.join(sorted(bound))}): a VM lives on one host")
+        return next(iter(bound), None)
+    host = str(raw)
+    if not HOST_NAME.match(host):
+        raise fail(f"{loc}.host", f"host '{host}' must be 1-63 letters, digits, '.', '_' or '-'")
+    if bound - {host}:
+        raise fail(f"{loc}.host", f"host {host} differs from its ports' binding:host_id "
+                   f"({', '.join(sorted(bound))})")
+    return host
 
 
 def _subnets(ports: list[Port], model: Model) -> list[ipaddress.IPv4Network |

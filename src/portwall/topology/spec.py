@@ -62,6 +62,8 @@ class VM:
     forward: bool = False
     gateway: str | None = None
     routes: list[Route] = field(default_factory=list)
+    #: the compute host (binding:host_id) of a multi-host lab; None: the lab picks one
+    host: str | None = None
 
 
 @dataclass
