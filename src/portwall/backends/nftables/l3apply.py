@@ -23,6 +23,7 @@ import re
 import time
 
 from portwall.backends.base import ApplyError, ApplyReport
+from portwall.backends.nftables.apply import _blamed  # the same blame as the host applier
 from portwall.backends.nftables.l3 import FAMILY, TABLE, NftL3Ruleset, chain_decl, rule_lines
 from portwall.backends.nftables.types import NftChain
 from portwall.backends.nftables.worker import NftWorker
@@ -87,15 +88,15 @@ class NftL3Applier:
 
     @staticmethod
     def _error(rs: NftL3Ruleset, text: str, err: str) -> ApplyError:
-        rid = line = None
-        for ln in text.splitlines():
-            if ln and ln in err:
-                line = ln
-                m = _COMMENT.search(ln)
-                rid = m.group(1) if m else None
-                break
+        rid = None
+        lines = text.splitlines()
+        no = _blamed(lines, err)
+        line = lines[no - 1] if no else None
+        if line is not None:
+            m = _COMMENT.search(line)
+            rid = m.group(1) if m else None
         return ApplyError(f"router {rs.router_id}: nftables refused the batch; nothing was "
-                          "changed", command="nft", line=line, rid=rid,
+                          "changed", command="nft", line=line, line_no=no, rid=rid,
                           origin=rs.provenance.get(rid) if rid else None, stderr=err,
                           rolled_back=True)
 
