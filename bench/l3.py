@@ -89,7 +89,7 @@ def _seed_conntrack(ns: str, r: RouterPlan) -> None:
     cmds = [f"conntrack -I -p tcp -s 198.51.100.7 -d {f.floating} --sport {40000 + i} "
             f"--dport 80 -r {f.fixed} -q 198.51.100.7 --reply-port-src 80 "
             f"--reply-port-dst {40000 + i} --state ESTABLISHED -u SEEN_REPLY,ASSURED -t 600 "
-            f"-m {marks.get(str(f.floating), 0)} >/dev/null 2>&1"
+            f"-m {marks.get(str(f.floating), 0) << 16} >/dev/null 2>&1"
             for i, f in enumerate(r.floating_ips)]
     subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", "; ".join(cmds) + "; true"],
                    check=True)

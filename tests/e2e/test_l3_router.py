@@ -179,3 +179,25 @@ def test_rules_live_in_the_chosen_backend_and_name_their_resources(box: LabBox) 
     assert "group db-fw ingress tcp/22 reject" in listing
     assert "203.0.113.11->10.2.0.11 port web-1-port" in listing
     assert "group db-fw ingress default-deny" in listing
+
+
+def test_disassociated_floating_ip_cuts_its_connections_in_out_and_hairpin(
+        box: LabBox) -> None:
+    """The connections *to* the floating IP (from outside, hairpin from another floating
+    IP's VM) and *from* it (its VM's, leaving as it) are cut; another floating IP's stay."""
+    fips = {f.floating_ip_address: f for f in box.topo.model.floating_ips.values()}
+    out = endpoint(box.box, "outside")
+    with Server(box.vm("web-1"), tcp=[80]), Server(out, tcp=[7]):
+        inbound = Session(out, "203.0.113.11", 80, timeout=1.0)
+        hairpin = Session(box.vm("web-2"), "203.0.113.11", 80, timeout=1.0)
+        outbound = Session(box.vm("web-1"), "198.51.100.10", 7, timeout=1.0)
+        keep = Session(box.vm("web-2"), "198.51.100.10", 7, timeout=1.0)  # leaves as .12
+        with inbound, hairpin, outbound, keep:
+            sessions = (inbound, hairpin, outbound, keep)
+            assert all(s.connected and s.send() for s in sessions)
+            report = box.update(lambda m: m.update_floatingip(fips["203.0.113.11"].id,
+                                                              {"port_id": None}))
+            cut = [c for c in report.changes if "connections cut" in c]
+            assert cut and int(cut[0].rsplit(", ", 1)[1].split()[0]) >= 3, report.changes
+            assert not inbound.send() and not hairpin.send() and not outbound.send()
+            assert keep.send(), "the other floating IP's connection must survive"

@@ -112,12 +112,17 @@ def test_ctnetlink_cuts_only_the_moved_floating_ip(make_netns: Callable[[str], s
     (old,) = comp.compile(m).routers.values()
     marks = fip_ct_marks(f.floating for f in old.floating_ips)
     for i, f in enumerate(old.floating_ips):
-        for j in range(3):
+        for j in range(3):  # to F, as its DNAT rule marks them
             _insert(ns, "198.51.100.10", str(f.floating), 40000 + 10 * i + j,
-                    marks[str(f.floating)])
-    _insert(ns, "10.2.0.11", "198.51.100.10", 41000, 0)  # an unmarked (SNAT) connection
-    _insert(other, "198.51.100.10", "203.0.113.11", 42000, marks["203.0.113.11"])
-    assert _count(ns) == 3 * len(old.floating_ips) + 1
+                    marks[str(f.floating)] << 16)
+    # from web-1 leaving as 203.0.113.11 (its float-SNAT's mark); from web-2 (.12) to .11
+    # (hairpin: both halves); the gateway's SNAT (no mark)
+    _insert(ns, "10.2.0.11", "198.51.100.10", 41000, marks["203.0.113.11"])
+    _insert(ns, "10.2.0.12", "203.0.113.11", 41001,
+            marks["203.0.113.11"] << 16 | marks["203.0.113.12"])
+    _insert(ns, "10.2.0.21", "198.51.100.10", 41002, 0)
+    _insert(other, "198.51.100.10", "203.0.113.11", 42000, marks["203.0.113.11"] << 16)
+    assert _count(ns) == 3 * len(old.floating_ips) + 3
     fip = next(f for f in m.floating_ips.values() if f.floating_ip_address == "203.0.113.11")
     m.update_floatingip(fip.id, {"port_id": "db-1-port"})  # moved
     (new,) = comp.compile(m).routers.values()
@@ -126,8 +131,8 @@ def test_ctnetlink_cuts_only_the_moved_floating_ip(make_netns: Callable[[str], s
         cut = reconcile_router(Runner(ns), old, new, lambda e: True, ct)
     finally:
         ct.close()
-    assert cut == 3
+    assert cut == 5
     left = netns.run(ns, ["conntrack", "-L"]).stdout
     assert "dst=203.0.113.11" not in left and left.count("dst=203.0.113.12") == 3
-    assert "src=10.2.0.11" in left
+    assert "src=10.2.0.11 " not in left and "src=10.2.0.21 " in left
     assert _count(other) == 1  # another namespace's table is not touched

@@ -30,13 +30,15 @@ def test_nat_layout() -> None:
     assert rs.chains["l3_pre"].hook and "type nat hook prerouting" in str(rs.chains["l3_pre"].hook)
     assert any("redirect to :9697" in x and 'iifname "qr-*"' in x for x in pre)
     dnat = next(x for x in pre if "dnat ip to 10.2.0.11" in x)
-    assert "ip daddr 203.0.113.11" in dnat and "ct mark set 0x710b0000" in dnat
+    assert "ip daddr 203.0.113.11" in dnat
+    assert "ct mark set ct mark & 0x0000ffff | 0x710b0000" in dnat  # to F: the high half
     assert any("dnat ip to 10.2.0.11" in x for x in rs.chains["l3_out"].rules)
     # east-west first (no SNAT unless DNATed), then float-SNAT before the default SNAT
     assert "ct status & dnat == 0 accept" in post[0] and post[0].startswith("oifname !=")
     kinds = ["fsnat" if "snat ip to 203.0.113.1" in x else "gw" if "pw-snat-gateway" in x
              else "hairpin" if "pw-snat-hairpin" in x else "?" for x in post[1:]]
     assert kinds == ["fsnat", "fsnat", "gw", "hairpin"]
+    assert "ct mark set ct mark & 0xffff0000 | 0x0000710b" in post[1]  # from F: the low half
     assert "meta mark & 0xffff != 0x2 ct status dnat" in post[-1]
 
 
@@ -74,6 +76,7 @@ def test_comments_lead_with_the_rid_then_names() -> None:
     v4 = render_ipt(r).restore_input(4)
     assert "group db-fw ingress tcp/22 reject" in v4 and "port web-1-port" in v4
     assert "-j CONNMARK --set-xmark 0x710b0000/0xffff0000" in v4
+    assert "-j CONNMARK --set-xmark 0x710b/0xffff" in v4
 
 
 def test_no_snat_when_disabled_and_renders_are_reused() -> None:
@@ -88,7 +91,7 @@ def test_no_snat_when_disabled_and_renders_are_reused() -> None:
 def test_fip_marks_skip_zero_and_shared_low_bits() -> None:
     a = [ipaddress.IPv4Address(x) for x in ("100.64.1.5", "100.65.1.5", "100.64.0.7",
                                               "100.64.0.0")]
-    assert fip_ct_marks(a) == {"100.64.0.7": 0x7 << 16}
+    assert fip_ct_marks(a) == {"100.64.0.7": 0x7}
 
 
 def test_counters_parsed_per_family_chain_and_rid() -> None:

@@ -212,23 +212,25 @@ def reconcile(runner: Runner, zones: set[int], allowed: AllowedFn) -> tuple[int,
 
 
 # ------------------------------------------------------------------ ctnetlink, in-process
-#: ct mark bits that name a floating IP (the router's rules set them on the connections
-#: they DNAT to, or float-SNAT from, that floating IP); the low bits stay free
-FIP_MARK_MASK = 0xFFFF0000
+#: A router's connection names its floating IPs in its ct mark: the DNAT rule of floating IP
+#: F puts F's slot in the high half (connections *to* F), the float-SNAT rule of F puts it
+#: in the low half (connections *from* F's port, leaving as F). A hairpin from one floating
+#: IP's port to another floating IP carries both.
+DNAT_MASK = 0xFFFF0000
+SNAT_MASK = 0x0000FFFF
 _NFNL_SUBSYS_CTNETLINK = 1
 _IPCTNL_MSG_CT_DELETE = 2
 _IPCTNL_MSG_CT_GET_STATS = 5
-_CTA_STATS_GLOBAL_ENTRIES = 1
 
 
 def fip_ct_marks(floating: Iterable[IPAddress]) -> dict[str, int]:
-    """floating address -> its ct mark (the address' low 16 bits, in the mark's high
-    half). Addresses whose bits are 0 or shared with another floating IP of the same
-    router get none: their connections are found by listing instead."""
+    """floating address -> its slot (the address' low 16 bits). Addresses whose bits are 0
+    or shared with another floating IP of the same router get none: their connections are
+    found by address instead (the ``conntrack`` tool)."""
     slots: dict[int, list[str]] = {}
     for f in floating:
         slots.setdefault(int(f) & 0xFFFF, []).append(str(f))
-    return {addrs[0]: slot << 16 for slot, addrs in slots.items() if slot and len(addrs) == 1}
+    return {addrs[0]: slot for slot, addrs in slots.items() if slot and len(addrs) == 1}
 
 
 class CtNetlink:
@@ -238,8 +240,8 @@ class CtNetlink:
     thread enters the namespace, opens the socket and leaves; every later call then talks
     to that namespace's conntrack table from any thread, with no process start. A dump
     costs ~13 ms here whatever the namespace holds (the kernel walks the host-wide hash
-    of 262,144 buckets), so floating IPs are cut with a *flush filtered by ct mark*
-    (~0.3 ms): the kernel deletes the entries whose mark names the floating IP.
+    of 262,144 buckets), so floating IPs are cut with *flushes filtered by ct mark*
+    (~0.3 ms each): the kernel deletes the entries whose mark names the floating IP.
     (pyroute2's NFCTSocket opens its socket lazily in its own event loop, i.e. in the
     caller's namespace, and costs 1-9 ms a call: its message classes are used, its
     socket is not.)"""
@@ -312,24 +314,26 @@ class CtNetlink:
         msg.decode()
         return int(msg.get_attr("CTA_STATS_GLOBAL_ENTRIES") or 0)
 
-    def flush_mark(self, mark: int, mask: int = FIP_MARK_MASK, family: int = 2) -> None:
-        """Delete every entry of ``family`` (AF_INET) whose ct mark & mask == mark."""
+    def flush_mark(self, mark: int, mask: int, family: int = socket.AF_INET) -> None:
+        """Delete every entry of ``family`` whose ct mark & mask == mark."""
         if not mark & mask:
             raise ValueError("a mark of 0 would select every unmarked connection")
         self._request(_IPCTNL_MSG_CT_DELETE, family,
                       [("CTA_MARK", mark), ("CTA_MARK_MASK", mask)])
 
-    def cut_marked(self, marks: Iterable[int]) -> int:
-        """Flush each mark; returns how many entries went (the table's count before and
-        after, so connections opened meanwhile by others may blur it)."""
-        marks = list(marks)
-        if not marks:
+    def cut_floating(self, slots: Iterable[int]) -> int:
+        """Delete the connections to and from each floating IP slot (two flushes each);
+        returns how many entries went (the table's count before and after, so
+        connections opened meanwhile by others may blur it)."""
+        slots = list(slots)
+        if not slots:
             return 0
         before = self.count()
         if before == 0:
             return 0
-        for mark in marks:
-            self.flush_mark(mark)
+        for slot in slots:
+            self.flush_mark(slot << 16, DNAT_MASK)
+            self.flush_mark(slot, SNAT_MASK)
         return max(0, before - self.count())
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ from portwall.backends.iptables.render import _comment, match_spec
 from portwall.backends.iptables.spelling import name_token, protocol_spelling
 from portwall.ir.l3 import FirewallPlan, FloatingIPNat, FwAction, FwRule, RouterPlan
 from portwall.ir.types import Family, Origin
-from portwall.kernel.conntrack import FIP_MARK_MASK, CtNetlink, fip_ct_marks
+from portwall.kernel.conntrack import DNAT_MASK, SNAT_MASK, CtNetlink, fip_ct_marks
 from portwall.kernel.runner import Job, Runner
 
 MARK_GW = "0x2/0xffff"
@@ -172,11 +172,13 @@ def render_router(r: RouterPlan) -> RouterRuleset:
     for f in r.floating_ips:
         prov[f"fip-{f.id}"] = f.origin
         c = _comment(f"fip-{f.id}", fip_note(f))
-        ctm = marks.get(str(f.floating))
-        for chain, match in ((pre, f"-d {f.floating}/32"), (out, f"-d {f.floating}/32"),
-                             (fsnat, f"-s {f.fixed}/32")):
-            if ctm is not None:  # names the connection's floating IP, to cut it by mark
-                chain.append(f"{match} {c} -j CONNMARK --set-xmark {ctm:#x}/{FIP_MARK_MASK:#x}")
+        slot = marks.get(str(f.floating))
+        for chain, match, ctmark, mask in (
+                (pre, f"-d {f.floating}/32", (slot or 0) << 16, DNAT_MASK),
+                (out, f"-d {f.floating}/32", (slot or 0) << 16, DNAT_MASK),
+                (fsnat, f"-s {f.fixed}/32", slot or 0, SNAT_MASK)):
+            if slot is not None:  # names the connection's floating IP, to cut it by mark
+                chain.append(f"{match} {c} -j CONNMARK --set-xmark {ctmark:#x}/{mask:#x}")
         pre.append(f"-d {f.floating}/32 {c} -j DNAT --to-destination {f.fixed}")
         out.append(f"-d {f.floating}/32 {c} -j DNAT --to-destination {f.fixed}")
         fsnat.append(f"-s {f.fixed}/32 {c} -j SNAT --to-source {f.floating}")
@@ -380,8 +382,8 @@ def reconcile_router(runner: Runner, old: RouterPlan | None, new: RouterPlan,
     """Delete the router's connections :func:`stale_connections` names; returns how many.
 
     When only floating IPs changed, the connections of each moved or removed one go by
-    address: with ``ct`` (in-process ctnetlink) one kernel flush per floating IP whose
-    rules mark its connections, else (no socket, or no mark for that address) through the
+    address: with ``ct`` (in-process ctnetlink) two kernel flushes per floating IP whose
+    rules mark its connections (to it, from it), else (no socket, or no mark for that address) through the
     ``conntrack`` tool (``-D -d F`` and ``-D -q F``, one shell)."""
     if old is not None and old.floating_ips == new.floating_ips and \
             old.firewalls == new.firewalls and old.snat == new.snat:
@@ -395,7 +397,7 @@ def reconcile_router(runner: Runner, old: RouterPlan | None, new: RouterPlan,
         marks = fip_ct_marks(f.floating for f in old.floating_ips) if ct is not None else {}
         by_mark = [marks[a] for a in moved if a in marks]
         rest = [a for a in moved if a not in marks]
-        cut = ct.cut_marked(by_mark) if ct is not None and by_mark else 0
+        cut = ct.cut_floating(by_mark) if ct is not None and by_mark else 0
         if not rest:
             return cut
         cmds = [f"conntrack -D {flag} {a} 2>&1" for a in rest for flag in ("-d", "-q")]

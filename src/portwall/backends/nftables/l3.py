@@ -17,10 +17,11 @@ rules are IPv4 only, as in Neutron). Nothing else in the namespace is touched::
     pw-fi/pw-fe: INVALID drop, ESTABLISHED,RELATED return, the rules in order (allow
                  return, deny drop, reject ICMP(v6) port-unreachable), default drop
 
-Floating-IP rules also set the connection's ct mark to the floating IP's mark
-(:func:`portwall.kernel.conntrack.fip_ct_marks`), so moving one cuts its connections with
-one in-kernel flush. Every rule ends in ``comment "<rid> <names>"``: the rid (first token)
-maps to an :class:`Origin` through :attr:`NftL3Ruleset.provenance`; decisive rules count.
+Floating-IP rules also put the floating IP's slot in the connection's ct mark (DNAT: high
+half, float-SNAT: low half; :func:`portwall.kernel.conntrack.fip_ct_marks`), so moving one
+cuts its connections with two in-kernel flushes. Every rule ends in ``comment "<rid>
+<names>"``: the rid (first token) maps to an :class:`Origin` through
+:attr:`NftL3Ruleset.provenance`; decisive rules count.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from portwall.backends.nftables.spell import comment, match_variants, quote
 from portwall.backends.nftables.types import NftChain
 from portwall.ir.l3 import FirewallPlan, FwAction, RouterPlan
 from portwall.ir.types import Origin
-from portwall.kernel.conntrack import fip_ct_marks
+from portwall.kernel.conntrack import DNAT_MASK, SNAT_MASK, fip_ct_marks
 
 FAMILY = "inet"
 TABLE = "portwall_l3"
@@ -124,12 +125,16 @@ def render_router(r: RouterPlan) -> NftL3Ruleset:
         rid = f"fip-{f.id}"
         prov[rid] = f.origin
         note = _note(rid, fip_note(f))
-        ctm = f"ct mark set {marks[str(f.floating)]:#010x} " if str(f.floating) in marks else ""
-        pre.append(f"meta nfproto ipv4 ip daddr {f.floating} counter {ctm}dnat ip to {f.fixed}"
+        slot = marks.get(str(f.floating))
+        to = from_ = ""  # the slot in the mark's high half (to F) or low half (from F)
+        if slot is not None:
+            to = f"ct mark set ct mark & {SNAT_MASK:#010x} | {slot << 16:#010x} "
+            from_ = f"ct mark set ct mark & {DNAT_MASK:#010x} | {slot:#010x} "
+        pre.append(f"meta nfproto ipv4 ip daddr {f.floating} counter {to}dnat ip to {f.fixed}"
                    f" {note}")
-        out.append(f"meta nfproto ipv4 ip daddr {f.floating} counter {ctm}dnat ip to {f.fixed}"
+        out.append(f"meta nfproto ipv4 ip daddr {f.floating} counter {to}dnat ip to {f.fixed}"
                    f" {note}")
-        fsnat.append(f"meta nfproto ipv4 ip saddr {f.fixed} counter {ctm}snat ip to "
+        fsnat.append(f"meta nfproto ipv4 ip saddr {f.fixed} counter {from_}snat ip to "
                      f"{f.floating} {note}")
     if gw is not None:
         dev = quote(gw.device)
