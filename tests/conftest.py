@@ -89,3 +89,17 @@ def etcd_cluster() -> Iterator[object]:
         return
     with etcdtemp.TempEtcd(1) as cluster:
         yield cluster
+
+
+def l3_backends() -> list[str]:
+    """The selected backends that render routers themselves (iptables, nftables)."""
+    from portwall.lab.routers import l3_backend
+
+    return [b for b in selected_backends() if l3_backend(b) == b]
+
+
+@pytest.fixture(scope="module", params=l3_backends())
+def l3_backend_name(request: pytest.FixtureRequest) -> str:
+    """Parametrises a router test over the backends with an L3 renderer: same assertions
+    on each (``test_x[iptables]``, ``test_x[nftables]``)."""
+    return str(request.param)

@@ -204,10 +204,11 @@ def _py(ns: str, code: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable, "-c", code]
 
 
-def test_router_differential() -> None:
+def test_router_differential(l3_backend_name: str) -> None:
+    """2,400 packets per backend with an L3 renderer (iptables, nftables)."""
     rng = random.Random(20261202)
     total = 0
-    with Lab("pwt-l3d") as lab:
+    with Lab("pwt-l3d", backend=l3_backend_name) as lab:
         for seed in (12, 15, 17):
             doc = generate(seed)
             path = Path(f"/tmp/pw-l3diff-{os.getpid()}-{seed}.yaml")

@@ -267,6 +267,13 @@ class _Index:
     fips: dict[str, list[FloatingIP]]
     firewalls: dict[str, FirewallPlan]
 
+    def firewall(self, m: Model, group_id: str) -> FirewallPlan:
+        """A group's plan, compiled once per index (only groups on changed routers)."""
+        fw = self.firewalls.get(group_id)
+        if fw is None:
+            fw = self.firewalls[group_id] = compile_firewall(m, group_id)
+        return fw
+
 
 def _index(m: Model) -> _Index:
     gw: dict[str, Port] = {}
@@ -277,8 +284,7 @@ def _index(m: Model) -> _Index:
     for f in m.floating_ips.values():
         if f.router_id:
             fips.setdefault(f.router_id, []).append(f)
-    fws = {gid: compile_firewall(m, gid) for gid in m.firewall_groups}
-    return _Index(gw, fips, fws)
+    return _Index(gw, fips, {})  # firewall groups compiled on first use (firewall())
 
 
 def compile_router(m: Model, router_id: str, index: _Index | None = None) -> RouterPlan:
@@ -332,9 +338,9 @@ def compile_router(m: Model, router_id: str, index: _Index | None = None) -> Rou
             " forwarded"))
     mine = {i.port_id for i in internal}
     fws = []
-    for fw in ix.firewalls.values():
-        if mine.intersection(fw.ports):
-            fws.append(fw)
+    for gid, g in m.firewall_groups.items():
+        if mine.intersection(g.ports):
+            fws.append(ix.firewall(m, gid))
     return RouterPlan(r.id, r.name, router_netns(r.id), internal, gateway, tuple(routes), snat,
                       tuple(fips), metadata, tuple(fws), rorigin)
 
@@ -356,6 +362,11 @@ def _extra_routes(r: Router, itfs: tuple[RouterInterface, ...]) -> list[Route]:
             OriginKind.PROVIDER, ROUTER, r.id, r.name,
             f"route {dest} via {hop} (router {label} extra route)"), extra=True))
     return out
+
+
+def _first(key: tuple[object, ...]) -> str:
+    """A floating IP's key sorts by its id (unique; ``key=str`` cost ~1.5 ms per compile)."""
+    return str(key[0])
 
 
 def compile_routers(m: Model) -> dict[str, RouterPlan]:
@@ -403,7 +414,7 @@ class RouterCompiler:
             ports = tuple(m.ports.get(p) for p in m.router_interfaces.get(rid, []))
             rkey: tuple[object, ...] = (
                 id(r), tuple(id(p) for p in ports), id(gw.get(rid)),
-                tuple(sorted(fips.get(rid, []), key=str)),
+                tuple(sorted(fips.get(rid, []), key=_first)),
                 tuple(k for p in ports if p is not None for k in fw_of.get(p.id, ())))
             hit = self._cache.get(rid)
             if hit is None or hit[0] != rkey:

@@ -8,8 +8,9 @@ expectation of *deny* passes only with evidence that the policy dropped the pack
    (a port chain's rule, a spoof check, a firewall group's rule or default deny) and where
    it is enforced (namespace, family, chain, rule id);
 2. the probe failed by timeout or rejection, not by a local routing error;
-3. that rule's packet counter in the kernel rose while the probe ran (``iptables-save -c``;
-   rules carry their rid as comment). Probes that would credit the same rule never run at
+3. that rule's packet counter in the kernel rose while the probe ran (``iptables-save -c``,
+   or ``nft -j list table inet portwall_l3`` in a router on nftables; rules carry their rid
+   as comment). Probes that would credit the same rule never run at
    the same time, so one probe's drop cannot vouch for another's.
 
 A backend without readable counters falls back to 1 and 2 and says so.
@@ -96,8 +97,15 @@ def _denial(res: TraceResult, host_ns: str, router_ns: dict[str, str], e: Expect
 
 
 def read_counters(namespaces: set[tuple[str, int]]) -> dict[CounterKey, int]:
-    """Packet counters of every commented rule in those (namespace, family) pairs."""
+    """Packet counters of every commented rule in those (namespace, family) pairs (and of
+    the nftables router table, whose group chains carry the iptables chain names)."""
+    from portwall.backends.nftables.l3 import read_counters as nft_l3_counters
+
     out: dict[CounterKey, int] = {}
+    for ns in {n for n, _ in namespaces}:
+        for (fam, chain, rid), n in nft_l3_counters(ns).items():
+            if (ns, fam) in namespaces:
+                out[(ns, fam, chain, rid)] = out.get((ns, fam, chain, rid), 0) + n
     for ns, fam in namespaces:
         tool = "iptables-save" if fam == 4 else "ip6tables-save"
         proc = netns.run(ns, [tool, "-c"], check=False)

@@ -33,6 +33,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from portwall.backends.iptables.l3 import L3Applier, L3Renderer, reconcile_router
+from portwall.backends.nftables.l3 import NftL3Renderer
+from portwall.backends.nftables.l3apply import NftL3Applier
 from portwall.ir.l3 import RouterInterface, RouterPlan
 from portwall.ir.types import HostPlan
 from portwall.lab import netns
@@ -61,16 +63,39 @@ _ROUTER_SYSCTLS = {
     "net.ipv4.conf.default.arp_announce": "2",
 }
 # One renderer and one applier per router namespace, for the life of this process.
-_RENDERERS: dict[str, L3Renderer] = {}
-_APPLIERS: dict[str, L3Applier] = {}
+_RENDERERS: dict[str, L3Renderer | NftL3Renderer] = {}
+_APPLIERS: dict[str, L3Applier | NftL3Applier] = {}
 _LAST: dict[str, RouterPlan] = {}
 
 
 def l3_backend(name: str) -> str:
-    """The backend that programs router namespaces. Only iptables renders L3 so far; a
-    sandbox on another backend still gets its routers from it (the host's port filtering
-    stays on the chosen backend). A backend adds its L3 module and its name here."""
-    return {"iptables": "iptables"}.get(name, "iptables")
+    """The backend that programs router namespaces: iptables and nftables render L3; a
+    sandbox on another backend (ovs) gets its routers from iptables (the host's port
+    filtering stays on the chosen backend). A backend adds its L3 module and its name here."""
+    return {"iptables": "iptables", "nftables": "nftables"}.get(name, "iptables")
+
+
+def _l3_parts(backend: str, ns: str) -> tuple[L3Renderer | NftL3Renderer,
+                                              L3Applier | NftL3Applier]:
+    """This namespace's renderer and applier for ``backend`` (made on first use)."""
+    nft = l3_backend(backend) == "nftables"
+    have = _APPLIERS.get(ns)
+    if have is not None and isinstance(have, NftL3Applier) != nft:
+        _drop(ns)
+    if ns not in _APPLIERS:
+        _RENDERERS[ns] = NftL3Renderer() if nft else L3Renderer()
+        _APPLIERS[ns] = NftL3Applier(ns) if nft else L3Applier(ns)
+    return _RENDERERS[ns], _APPLIERS[ns]
+
+
+def _drop(ns: str) -> None:
+    """Forget a namespace's L3 state; close its applier (threads and sockets inside the
+    namespace would keep it, and its interfaces, alive)."""
+    applier = _APPLIERS.pop(ns, None)
+    if applier is not None:
+        applier.close()
+    _RENDERERS.pop(ns, None)
+    _LAST.pop(ns, None)
 
 
 def router_ns(sandbox_id: str, router_id: str) -> str:
@@ -207,26 +232,25 @@ def sync_routers(box: Sandbox, topo: Topology, plan: HostPlan, report: LabReport
             state.routers[ns] = r.id
             st.save(state)
             report.changes.append(f"router {r.name or r.id} (namespace {ns})")
-            _APPLIERS.pop(ns, None)
-            _LAST.pop(ns, None)
+            _drop(ns)
         _unplug_gone(box.host_ns, ns, r)
         for itf in r.all_interfaces():
             _plug(box.host_ns, ns, r, itf)
         _routes(ns, r)
         _ensure_responder(box, ns, r)
-        program_router(ns, plan, r, report)
+        program_router(ns, plan, r, report, state.backend)
 
 
-def program_router(ns: str, plan: HostPlan, r: RouterPlan, report: LabReport | None) -> int:
+def program_router(ns: str, plan: HostPlan, r: RouterPlan, report: LabReport | None,
+                   backend: str = "iptables") -> int:
     """Render and apply one router's NAT/FWaaS rules; cut what they no longer allow.
     Returns how many connections were cut."""
     from portwall.analyze.l3eval import route_packet
     from portwall.backends.iptables.l3 import RouterCt
 
-    renderer = _RENDERERS.setdefault(ns, L3Renderer())
-    applier = _APPLIERS.setdefault(ns, L3Applier(ns))
+    renderer, applier = _l3_parts(backend, ns)
     rs = renderer.render([r])[r.id]
-    res = applier.apply(rs)
+    res = applier.apply(rs)  # type: ignore[arg-type]  # each applier takes its renderer's
 
     def allowed(e: RouterCt) -> bool:
         import ipaddress
@@ -245,7 +269,7 @@ def program_router(ns: str, plan: HostPlan, r: RouterPlan, report: LabReport | N
                        r.gateway)
         return inbound is None or route_packet(plan, r, pkt, inbound).allowed
 
-    cut = reconcile_router(applier.runner, _LAST.get(ns), r, allowed)
+    cut = reconcile_router(applier.runner, _LAST.get(ns), r, allowed, applier.ct)
     _LAST[ns] = r
     if report is not None and (not res.noop or cut):
         report.changes.append(f"router {r.name or r.id}: rules "
@@ -257,13 +281,12 @@ def program_router(ns: str, plan: HostPlan, r: RouterPlan, report: LabReport | N
 def _remove_router(box: Sandbox, ns: str, report: LabReport) -> None:
     state = box.state
     _stop_responder(state, ns)
+    _drop(ns)
     if netns.exists(ns):
         netns.delete(ns)  # the veth pairs go with it, host ends included
     state.routers.pop(ns, None)
     state.namespaces = [n for n in state.namespaces if n != ns]
     st.save(state)
-    for cache in (_APPLIERS, _RENDERERS, _LAST):
-        cache.pop(ns, None)
     report.changes.append(f"removed router namespace {ns}")
 
 
@@ -272,8 +295,7 @@ def teardown(state: st.SandboxState) -> None:
     for ns in list(state.pids):
         _stop_responder(state, ns)
     for ns in list(state.routers):
-        for cache in (_APPLIERS, _RENDERERS, _LAST):
-            cache.pop(ns, None)
+        _drop(ns)
     with contextlib.suppress(FileNotFoundError):
         metadata_map_path(state.name).unlink()
 

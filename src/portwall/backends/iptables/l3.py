@@ -21,8 +21,13 @@ a router's rules atomically and leaves every other program's rules alone. Layout
 A group chain RETURNs on allow instead of ACCEPTing, so an east-west packet must pass the
 group of the interface it enters by *and* the one it leaves by (the evaluator's rule).
 
-Another backend (nftables) adds its own module rendering the same RouterPlan; the lab
-picks the L3 renderer through :func:`portwall.lab.routers.l3_backend`.
+Floating-IP rules also CONNMARK the connection with the floating IP's mark
+(:func:`portwall.kernel.conntrack.fip_ct_marks`) so that moving it cuts its connections
+with one in-kernel ctnetlink flush (:func:`reconcile_router`). Comments carry the rid, then
+names for people (``fwr-<id> group <name> ingress tcp/22 allow``); parsers read the rid.
+
+The nftables backend renders the same RouterPlan (:mod:`portwall.backends.nftables.l3`);
+the lab picks the L3 renderer through :func:`portwall.lab.routers.l3_backend`.
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from portwall.backends.base import ApplyError, ApplyReport
 from portwall.backends.iptables.render import _comment, match_spec
-from portwall.ir.l3 import FirewallPlan, FwAction, FwRule, RouterPlan
+from portwall.backends.iptables.spelling import name_token, protocol_spelling
+from portwall.ir.l3 import FirewallPlan, FloatingIPNat, FwAction, FwRule, RouterPlan
 from portwall.ir.types import Family, Origin
+from portwall.kernel.conntrack import DNAT_MASK, SNAT_MASK, CtNetlink, fip_ct_marks
 from portwall.kernel.runner import Job, Runner
 
 MARK_GW = "0x2/0xffff"
@@ -48,10 +56,32 @@ CHAINS = {
     "filter": [("FORWARD", "pw-l3-fwd")],
 }
 EXTRA_NAT = ("pw-l3-snat", "pw-l3-fsnat")
+_DIRECTIONS: tuple[Literal["egress", "ingress"], ...] = ("egress", "ingress")
 
 
 def fw_chain(fw: FirewallPlan, direction: str) -> str:
     return f"pw-f{'i' if direction == 'ingress' else 'e'}{fw.id.replace('-', '')[:12]}"
+
+
+# Comment notes: the words after a rule's rid, for people (the rid stays the first token,
+# as in the port filters' comments, :mod:`.notes`). Shared with the nftables L3 renderer.
+def group_note(fw: FirewallPlan, direction: str | None = None) -> str:
+    """After a firewall group's rid: ``group <name> [<direction>]``."""
+    return " ".join(["group", name_token(fw.name or fw.id), *((direction,) if direction else ())])
+
+
+def fw_rule_note(fw: FirewallPlan, direction: str, r: FwRule) -> str:
+    """After a firewall rule's rid: group, direction, protocol/port and action."""
+    m = r.match
+    proto = (protocol_spelling(m.protocol) or str(m.protocol)) if m.protocol else "any"
+    ports = f"/{m.dport}" if m.dport is not None else ""
+    return f"{group_note(fw, direction)} {proto}{ports} {r.action.value}"
+
+
+def fip_note(f: FloatingIPNat) -> str:
+    """After a floating IP's rid: its name, the translation and the port's name."""
+    return (f"fip {name_token(f.origin.resource_name or str(f.floating))} {f.floating}->"
+            f"{f.fixed} port {name_token(f.port_name or f.port_id)}")
 
 
 @dataclass
@@ -81,8 +111,9 @@ class RouterRuleset:
         return "\n".join(out) + "\n"
 
 
-def _fw_rules(fw: FirewallPlan, rules: tuple[FwRule, ...] | None, family: Family,
+def _fw_rules(fw: FirewallPlan, direction: Literal["ingress", "egress"], family: Family,
               prov: dict[str, Origin]) -> list[str]:
+    rules = fw.rules(direction)
     out = ["-m conntrack --ctstate INVALID " + _comment("pw-fw-invalid") + " -j DROP",
            "-m conntrack --ctstate RELATED,ESTABLISHED " + _comment("pw-fw-established")
            + " -j RETURN"]
@@ -93,9 +124,11 @@ def _fw_rules(fw: FirewallPlan, rules: tuple[FwRule, ...] | None, family: Family
         prov[r.rid] = r.origin
         target = {FwAction.ALLOW: "RETURN", FwAction.DENY: "DROP",
                   FwAction.REJECT: f"REJECT --reject-with {reject}"}[r.action]
-        out.append(" ".join([*match_spec(r.match, {}), _comment(r.rid), "-j", target]))
+        out.append(" ".join([*match_spec(r.match, {}),
+                             _comment(r.rid, fw_rule_note(fw, direction, r)), "-j", target]))
     prov[f"fw-default-{fw.id}"] = fw.origin
-    out.append(f"{_comment(f'fw-default-{fw.id}')} -j DROP")
+    note = f"{group_note(fw, direction)} default-deny"
+    out.append(f"{_comment(f'fw-default-{fw.id}', note)} -j DROP")
     return out
 
 
@@ -113,15 +146,15 @@ def render_router(r: RouterPlan) -> RouterRuleset:
         for fw in r.firewalls:
             if not fw.enabled:
                 continue
-            for direction in ("egress", "ingress"):
+            for direction in _DIRECTIONS:
                 name = fw_chain(fw, direction)
-                chains.append((name, _fw_rules(fw, fw.rules(direction), fam, prov)))
+                chains.append((name, _fw_rules(fw, direction, fam, prov)))
             for itf in r.interfaces:
                 if itf.port_id in fw.ports:
-                    fwd.append(f"-i {itf.device} {_comment(f'fw-{fw.id}')} -j "
-                               f"{fw_chain(fw, 'egress')}")
-                    fwd.append(f"-o {itf.device} {_comment(f'fw-{fw.id}')} -j "
-                               f"{fw_chain(fw, 'ingress')}")
+                    fwd.append(f"-i {itf.device} {_comment(f'fw-{fw.id}', group_note(fw, 'egress'))}"
+                               f" -j {fw_chain(fw, 'egress')}")
+                    fwd.append(f"-o {itf.device} {_comment(f'fw-{fw.id}', group_note(fw, 'ingress'))}"
+                               f" -j {fw_chain(fw, 'ingress')}")
         tables[fam]["filter"] = [("pw-l3-fwd", fwd), *chains]
     # IPv4 NAT
     mark: list[str] = []
@@ -135,9 +168,17 @@ def render_router(r: RouterPlan) -> RouterRuleset:
         prov["pw-metadata"] = md.origin
         pre.append(f"-d {md.address}/32 -i qr+ -p tcp -m tcp --dport {md.port}"
                    f" {_comment('pw-metadata')} -j REDIRECT --to-ports {md.local_port}")
+    marks = fip_ct_marks(f.floating for f in r.floating_ips)
     for f in r.floating_ips:
         prov[f"fip-{f.id}"] = f.origin
-        c = _comment(f"fip-{f.id}")
+        c = _comment(f"fip-{f.id}", fip_note(f))
+        slot = marks.get(str(f.floating))
+        for chain, match, ctmark, mask in (
+                (pre, f"-d {f.floating}/32", (slot or 0) << 16, DNAT_MASK),
+                (out, f"-d {f.floating}/32", (slot or 0) << 16, DNAT_MASK),
+                (fsnat, f"-s {f.fixed}/32", slot or 0, SNAT_MASK)):
+            if slot is not None:  # names the connection's floating IP, to cut it by mark
+                chain.append(f"{match} {c} -j CONNMARK --set-xmark {ctmark:#x}/{mask:#x}")
         pre.append(f"-d {f.floating}/32 {c} -j DNAT --to-destination {f.fixed}")
         out.append(f"-d {f.floating}/32 {c} -j DNAT --to-destination {f.fixed}")
         fsnat.append(f"-s {f.fixed}/32 {c} -j SNAT --to-source {f.floating}")
@@ -191,6 +232,20 @@ class L3Applier:
         self.runner = runner or Runner(netns)
         self._applied: dict[tuple[int, str], str] = {}
         self._hooked: set[int] = set()
+        self._ct: CtNetlink | None = None
+
+    @property
+    def ct(self) -> CtNetlink:
+        """In-process ctnetlink in the router's namespace (opened on first use)."""
+        if self._ct is None:
+            self._ct = CtNetlink(self.netns)
+        return self._ct
+
+    def close(self) -> None:
+        """Close the ctnetlink socket (it holds the namespace alive)."""
+        if self._ct is not None:
+            self._ct.close()
+            self._ct = None
 
     def _hooks(self, family: Family, rs: RouterRuleset) -> str:
         """Jumps from the built-in chains, for the tables that lack them (checked once)."""
@@ -323,21 +378,32 @@ def stale_connections(old: RouterPlan | None, new: RouterPlan, entries: Iterable
 
 
 def reconcile_router(runner: Runner, old: RouterPlan | None, new: RouterPlan,
-                     allowed: Callable[[RouterCt], bool]) -> int:
-    """Delete the router's connections :func:`stale_connections` names; returns how many."""
+                     allowed: Callable[[RouterCt], bool], ct: CtNetlink | None = None) -> int:
+    """Delete the router's connections :func:`stale_connections` names; returns how many.
+
+    When only floating IPs changed, the connections of each moved or removed one go by
+    address: with ``ct`` (in-process ctnetlink) two kernel flushes per floating IP whose
+    rules mark its connections (to it, from it), else (no socket, or no mark for that address) through the
+    ``conntrack`` tool (``-D -d F`` and ``-D -q F``, one shell)."""
     if old is not None and old.floating_ips == new.floating_ips and \
             old.firewalls == new.firewalls and old.snat == new.snat:
         return 0
     if old is not None and old.firewalls == new.firewalls and old.snat == new.snat:
-        # Only floating IPs changed: delete by address, no listing (one process).
         now = {(f.floating, f.fixed) for f in new.floating_ips}
         moved = sorted({str(f.floating) for f in old.floating_ips if (f.floating, f.fixed)
                         not in now})
         if not moved:
             return 0
-        cmds = [f"conntrack -D {flag} {a} 2>&1" for a in moved for flag in ("-d", "-q")]
+        marks = fip_ct_marks(f.floating for f in old.floating_ips) if ct is not None else {}
+        by_mark = [marks[a] for a in moved if a in marks]
+        rest = [a for a in moved if a not in marks]
+        cut = ct.cut_floating(by_mark) if ct is not None and by_mark else 0
+        if not rest:
+            return cut
+        cmds = [f"conntrack -D {flag} {a} 2>&1" for a in rest for flag in ("-d", "-q")]
         out = runner.run(["sh", "-c", "; ".join(cmds) + "; true"], write=True).stdout
-        return sum(int(n) for n in re.findall(r"(\d+) flow entries have been deleted", out))
+        return cut + sum(int(n) for n in re.findall(r"(\d+) flow entries have been deleted",
+                                                    out))
     listing = runner.run(["conntrack", "-L", "-o", "extended"]).stdout
     stale = stale_connections(old, new, parse_router_ct(listing), allowed)
     if not stale:
