@@ -4,16 +4,23 @@ Packet path (the lab bridges VM taps into Linux bridges with bridge netfilter on
 kernel has no ``nf_conntrack_bridge``, so ``ct`` cannot be used in the bridge family and
 filtering runs in the inet family, which bridge netfilter calls for bridged IP packets):
 
-* ``bridge portwall prerouting`` (-300): the packet mark := the in-port's id (map
-  ``ports``: tap -> mark), ARP and neighbour advertisements of filtered ports checked
-  against their anti-spoof entries;
+* ``bridge portwall prerouting`` (-300): the packet mark := the in-port's mark (map
+  ``ports``: tap -> port id << 16 | combination id, see below); ARP and neighbour
+  advertisements of filtered ports checked against their anti-spoof entries;
 * ``inet portwall raw`` (prerouting -300): NOTRACK when both ends are stateless (or a
   stateless port and a non-port), ending the chain (``ct zone set`` on an untracked packet
   would attach a fresh template and track it after all); else the network's zone by bridge;
-* ``inet portwall egress`` (prerouting 0, after conntrack): ``meta mark vmap @egress`` ->
-  the egress chain of the port's group combination (covers forwarded and to-host traffic);
-* ``bridge portwall forward`` (-200): the mark := the out-port's id;
-* ``inet portwall ingress`` (forward 0): ``meta mark vmap @ingress`` -> the ingress chain.
+* ``inet portwall egress`` (prerouting 0, after conntrack): for a filtered port's mark
+  (``@filtered_ids``), ``meta mark & 0xffff vmap @egress`` -> the egress chain of the port's
+  combination (covers forwarded and to-host traffic);
+* ``bridge portwall forward`` (-200): the mark := the out-port's mark;
+* ``inet portwall ingress`` (forward 0): the same through ``@ingress`` -> the ingress chain.
+
+Dispatch is in two steps because the kernel re-validates every ``goto`` of a verdict map
+whenever a transaction touches chains: keyed by port (10,000 entries) that cost ~3 ms per
+changed rule; keyed by the combination of the port's (ingress, egress) chains it is a few
+dozen entries. The port -> combination step is the ``ports`` data map, which is never
+validated.
 
 Port chains accept (allowed: the base chain ends, the other direction's base chain still
 runs) or drop; a security-group chain is jumped to and accepts on a match, so it needs no
@@ -22,7 +29,7 @@ mark bits. Ports only add map/set elements; chains grow with group combinations.
 
 from __future__ import annotations
 
-from portwall.backends.nftables.spell import comment
+from portwall.backends.nftables.spell import COMBO_MASK, comment
 from portwall.backends.nftables.types import BRIDGE, INET, NftChain
 
 # set name -> (is_map, declaration)
@@ -41,6 +48,7 @@ INET_SETS: dict[str, tuple[bool, str]] = {
     "zones": (True, "typeof iifname : ct zone;"),
     "egress": (True, "type mark : verdict;"),
     "ingress": (True, "type mark : verdict;"),
+    "filtered_ids": (False, "type mark;"),
     "stateless_ids": (False, "type mark;"),
     "tracked_ids": (False, "type mark;"),
     "stateless_macs": (False, "type ether_addr;"),
@@ -89,10 +97,11 @@ BASE_CHAINS: tuple[NftChain, ...] = (
         f"ct zone set iifname map @zones {_c('pw-zone')}",
     ), "type filter hook prerouting priority -300; policy accept;"),
     NftChain(INET, "egress_hook", (
-        f"meta mark vmap @egress {_c('pw-egress')}",
+        f"meta mark @filtered_ids meta mark & {COMBO_MASK:#x} vmap @egress {_c('pw-egress')}",
     ), "type filter hook prerouting priority 0; policy accept;"),
     NftChain(INET, "ingress_hook", (
-        f"meta mark vmap @ingress {_c('pw-ingress')}",
+        f"meta mark @filtered_ids meta mark & {COMBO_MASK:#x} vmap @ingress "
+        f"{_c('pw-ingress')}",
     ), "type filter hook forward priority 0; policy accept;"),
     NftChain(INET, SPOOF_CHAIN, (
         f"meta mark . ether saddr . ip saddr @sp4h return {_c('pw-spoof-ip')}",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 from portwall.backends.nftables.layout import BASE_CHAINS, BRIDGE_SETS, INET_SETS, SPOOF_CHAIN
 from portwall.backends.nftables.spell import (
+    MAX_COMBO_ID,
     MAX_PORT_ID,
     VERDICT,
     RenderError,
@@ -94,6 +95,7 @@ class _PortOut:
     chains: tuple[NftChain, ...]  # its direction chains (shared by equal ports)
     needs: dict[str, str]  # template set name -> declaration
     elements: list[tuple[SetKey, str]]
+    combo: tuple[str, str] | None = None  # (ingress chain, egress chain) of a filtered port
 
 
 class NftRenderer:
@@ -124,6 +126,8 @@ class NftRenderer:
         self._tmpl_refs: dict[str, int] = {}
         self._ids: dict[str, list[int]] = {}  # device -> [id, refs]
         self._used_ids: set[int] = set()
+        self._combos: dict[tuple[str, str], list[int]] = {}  # chain pair -> [id, refs]
+        self._used_combos: set[int] = set()
 
     def render(self, plan: HostPlan) -> NftRuleset:
         with cached_build(self._reset):
@@ -150,6 +154,30 @@ class NftRenderer:
         if hit[1] == 0:
             self._used_ids.discard(hit[0])
             del self._ids[device]
+
+    def _combo_id(self, combo: tuple[str, str]) -> int:
+        """The id of a (ingress, egress) chain pair: the verdict maps' key. Derived from the
+        chain names (probing on a clash), so a restarted renderer mostly agrees with the
+        kernel and its first diff stays small."""
+        hit = self._combos.get(combo)
+        if hit is not None:
+            hit[1] += 1
+            return hit[0]
+        if len(self._used_combos) >= MAX_COMBO_ID:
+            raise RenderError(f"more than {MAX_COMBO_ID} chain combinations on one host")
+        cid = 1 + zlib.crc32("|".join(combo).encode()) % MAX_COMBO_ID
+        while cid in self._used_combos:
+            cid = cid % MAX_COMBO_ID + 1
+        self._used_combos.add(cid)
+        self._combos[combo] = [cid, 1]
+        return cid
+
+    def _release_combo(self, combo: tuple[str, str]) -> None:
+        hit = self._combos[combo]
+        hit[1] -= 1
+        if hit[1] == 0:
+            self._used_combos.discard(hit[0])
+            del self._combos[combo]
 
     def _count(self, out: _PortOut, delta: int) -> None:
         counted = self._counted
@@ -179,8 +207,24 @@ class NftRenderer:
     # ------------------------------------------------------------------ ports
     def _render_port(self, p: PortPlan, sets: Mapping[str, tuple[str, str]]) -> _PortOut:
         pid = self._port_id(p.device)
-        mark = mark_of(pid)
         dev = quote(p.device)
+        needs: dict[str, str] = {}
+        chains: list[NftChain] = []
+        owned: list[tuple[str, IPNetwork]] = []  # (template set, one of the port's addresses)
+        combo = None
+        cid = 0
+        if p.filtered:
+            for direction, steps in (("i", p.ingress), ("e", p.egress)):
+                shape = (direction, *self._port_lines(p, steps, sets, owned, needs))
+                chain = self._shapes.get(shape)
+                if chain is None:
+                    lines = self._shape_lines(shape[1:])
+                    chain = self._shapes[shape] = NftChain(
+                        INET, f"p{direction}_{digest(lines)}", tuple(lines))
+                chains.append(chain)
+            combo = (chains[0].name, chains[1].name)
+            cid = self._combo_id(combo)
+        mark = mark_of(pid, cid)
         els: list[tuple[SetKey, str]] = [((BRIDGE, "ports"), f"{dev} : {mark}"),
                                          ((BRIDGE, "ids"), str(mark))]
         macs = sorted({p.mac.lower(), *(e.mac.lower() for e in p.spoof)} - {""})
@@ -189,23 +233,14 @@ class NftRenderer:
         els += [((INET, f"{side}_macs"), m) for m in macs]
         if p.bridge:
             els.append(((INET, "zones"), f"{quote(p.bridge)} : {p.zone}"))
-        if not p.filtered:
+        if combo is None:
             return _PortOut(p, p.device, (), {}, els)
-        els.append(((BRIDGE, "guarded"), dev))
+        els += [((INET, "filtered_ids"), str(mark)), ((BRIDGE, "guarded"), dev),
+                ((INET, "ingress"), f"{cid} : goto {combo[0]}"),
+                ((INET, "egress"), f"{cid} : goto {combo[1]}")]
         els += self._spoof_elements(p, mark, dev)
-        needs: dict[str, str] = {}
-        chains = []
-        for direction, steps in (("i", p.ingress), ("e", p.egress)):
-            shape = (direction, *self._port_lines(p, steps, mark, sets, els, needs))
-            chain = self._shapes.get(shape)
-            if chain is None:
-                lines = self._shape_lines(shape[1:])
-                chain = self._shapes[shape] = NftChain(
-                    INET, f"p{direction}_{digest(lines)}", tuple(lines))
-            chains.append(chain)
-            els.append(((INET, "ingress" if direction == "i" else "egress"),
-                        f"{mark} : goto {chain.name}"))
-        return _PortOut(p, p.device, tuple(chains), needs, els)
+        els += [((INET, tmpl), f"{mark} . {addr(a)}") for tmpl, a in owned]
+        return _PortOut(p, p.device, tuple(chains), needs, els, combo)
 
     @staticmethod
     def _spoof_elements(p: PortPlan, mark: int, dev: str) -> list[tuple[SetKey, str]]:
@@ -240,11 +275,11 @@ class NftRenderer:
                     els.append(((BRIDGE, "nd_n"), f"{dev} . {mac} . {lo}-{hi}"))
         return els
 
-    def _port_lines(self, p: PortPlan, steps: Iterable[Step], mark: int,
-                    sets: Mapping[str, tuple[str, str]], els: list[tuple[SetKey, str]],
+    def _port_lines(self, p: PortPlan, steps: Iterable[Step],
+                    sets: Mapping[str, tuple[str, str]], owned: list[tuple[str, IPNetwork]],
                     needs: dict[str, str]) -> tuple[str, ...]:
         """The port's direction chain as a shape (one token per step, cached texts); equal
-        shapes are one chain."""
+        shapes are one chain. Rules on the port's own addresses go to ``owned``."""
         shape: list[object] = []
         own = p.addresses
         last_tmpl = ""
@@ -288,7 +323,7 @@ class NftRenderer:
                     shape.append(tmpl[0])
                     last_tmpl = tmpl[0]
                 needs[tmpl[0]] = tmpl[2]
-                els.append(((INET, tmpl[0]), f"{mark} . {addr(a)}"))
+                owned.append((tmpl[0], a))
             elif isinstance(step, Jump):
                 last_tmpl = ""
                 target = self._group_names.get(step.ruleset_id)
@@ -394,6 +429,8 @@ class NftRenderer:
             for out in gone_outs:
                 self._count(out, -1)
                 self._release_id(out.device)
+                if out.combo is not None:
+                    self._release_combo(out.combo)
             self._plan_ports = new
 
         self._serial += 1

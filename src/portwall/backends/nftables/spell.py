@@ -14,9 +14,13 @@ from collections.abc import Mapping
 
 from portwall.ir.types import Action, CtState, IPNetwork, Match, PortRange, SetRef
 
-#: the packet mark carries a portwall port id in these bits (bridge -> inet hand-over)
+#: the packet mark carries a portwall port id in the high 16 bits (bridge -> inet
+#: hand-over) and the id of the port's chain combination in the low 16 bits, which the
+#: verdict maps are keyed by (few entries: a committed chain re-validates only those)
 MARK_SHIFT = 16
 MAX_PORT_ID = 0xFFFE
+COMBO_MASK = 0xFFFF
+MAX_COMBO_ID = 0xFFFE
 
 _SAFE = re.compile(r"[A-Za-z0-9_]+")
 _UNSAFE_COMMENT = re.compile(r"[\"'\\\x00-\x1f\x7f]")
@@ -61,8 +65,8 @@ def addr(net: IPNetwork) -> str:
     return text if net.prefixlen == net.max_prefixlen else f"{text}/{net.prefixlen}"
 
 
-def mark_of(port_id: int) -> int:
-    return port_id << MARK_SHIFT
+def mark_of(port_id: int, combo: int = 0) -> int:
+    return port_id << MARK_SHIFT | combo
 
 
 def collapse(nets: list[IPNetwork]) -> list[IPNetwork]:
