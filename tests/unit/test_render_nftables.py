@@ -55,9 +55,9 @@ def test_ports_with_the_same_groups_share_chains_and_add_only_elements() -> None
     # two-step dispatch: four port marks, one combination id in each verdict map
     assert len(rs4.sets[(INET, "egress")].elements) == 1
     assert len(rs4.sets[(INET, "ingress")].elements) == 1
-    assert len(rs4.sets[(INET, "filtered_ids")].elements) == 4
+    assert len(rs4.sets[(INET, "tracked_ids")].elements) == 4
     cid = int(next(iter(rs4.sets[(INET, "egress")].elements)).split(" : ")[0])
-    assert {int(e) & COMBO_MASK for e in rs4.sets[(INET, "filtered_ids")].elements} == {cid}
+    assert {int(e) & COMBO_MASK for e in rs4.sets[(INET, "tracked_ids")].elements} == {cid}
     assert {e.split(" . ")[-1] for e in rs4.sets[(INET, "sp4h")].elements} == {
         "10.5.0.10", "10.5.0.11", "10.5.0.12", "10.5.0.99"}
 
@@ -121,8 +121,8 @@ def test_incremental_render_equals_fresh_and_reports_deltas() -> None:
     assert {k: c.rules for k, c in inc.chains.items()} == {
         k: c.rules for k, c in fresh.chains.items()}
     added = {k[1]: a for k, (a, rem) in inc.deltas.items() if not rem}
-    assert set(added) >= {"ports", "sp4h", "filtered_ids"} and inc.parent == inc.serial - 1
-    assert all(len(a) == 1 for k, a in added.items() if k in ("ports", "sp4h", "filtered_ids"))
+    assert set(added) >= {"ports", "sp4h", "tracked_ids"} and inc.parent == inc.serial - 1
+    assert all(len(a) == 1 for k, a in added.items() if k in ("ports", "sp4h", "tracked_ids"))
     # a port of a known group combination adds no verdict-map element (no chain re-check)
     assert not ({"egress", "ingress"} & {k[1] for k in inc.deltas})
 

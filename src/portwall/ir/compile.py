@@ -59,13 +59,14 @@ def ruleset_id(group_id: str, direction: str) -> str:
     return f"sg-{group_id}-{direction}"
 
 
+_FE80 = int(ipaddress.IPv6Address("fe80::"))
+
+
 def link_local(mac: str) -> ipaddress.IPv6Network:
     """The EUI-64 IPv6 link-local address of a MAC, as a /128."""
-    b = [int(x, 16) for x in mac.split(":")]
-    b[0] ^= 0x02
-    eui = [*b[:3], 255, 254, *b[3:]]
-    iid = int.from_bytes(bytes(eui), "big")
-    return ipaddress.IPv6Network((int(ipaddress.IPv6Address("fe80::")) | iid, 128))
+    m = int(mac.replace(":", ""), 16) ^ (0x02 << 40)
+    iid = (m >> 24) << 40 | 0xFFFE << 24 | (m & 0xFFFFFF)
+    return ipaddress.IPv6Network(_FE80 | iid)
 
 
 def zone_for(network_ids: Iterable[str]) -> dict[str, int]:
@@ -254,7 +255,7 @@ def _port_steps(port: Port, jumps_in: list[Jump], jumps_out: list[Jump], statefu
     ingress += [_IN_DHCP6_LL, *_IN_RA, *jumps_in]
     if stateful:
         ingress += [_CT_INVALID[4], _CT_INVALID[6]]
-    ingress += _fallback(port, "ingress")
+    ingress += _FALLBACK
 
     egress: list[Step] = [_OUT_DHCP_DISCOVER, *_OUT_DAD,
                           SpoofCheck(Origin(OriginKind.SPOOF, "port", port.id, port.name,
@@ -267,17 +268,17 @@ def _port_steps(port: Port, jumps_in: list[Jump], jumps_out: list[Jump], statefu
     egress += jumps_out
     if stateful:
         egress += [_CT_INVALID[4], _CT_INVALID[6]]
-    egress += _fallback(port, "egress")
+    egress += _FALLBACK
     return tuple(ingress), tuple(egress)
 
 
-def _fallback(port: Port, direction: str) -> list[Rule]:
-    return [
-        Rule(f"fallback-v{fam}", Match(family=fam), Action.DROP,
-             Origin(OriginKind.FALLBACK, "provider", "fallback", "fallback",
-                    "no security group rule allows this traffic"))
-        for fam in (4, 6)
-    ]
+#: the final drops: the same for every port and direction, so one pair of objects (the
+#: renderers' per-rule caches then hit instead of spelling two rules per port and direction)
+_FALLBACK: tuple[Rule, ...] = tuple(
+    Rule(f"fallback-v{fam}", Match(family=fam), Action.DROP,
+         Origin(OriginKind.FALLBACK, "provider", "fallback", "fallback",
+                "no security group rule allows this traffic"))
+    for fam in (4, 6))
 
 
 def compile_plan(model: Model, host: str | None = None) -> HostPlan:

@@ -10,9 +10,10 @@ filtering runs in the inet family, which bridge netfilter calls for bridged IP p
 * ``inet portwall raw`` (prerouting -300): NOTRACK when both ends are stateless (or a
   stateless port and a non-port), ending the chain (``ct zone set`` on an untracked packet
   would attach a fresh template and track it after all); else the network's zone by bridge;
-* ``inet portwall egress`` (prerouting 0, after conntrack): for a filtered port's mark
-  (``@filtered_ids``), ``meta mark & 0xffff vmap @egress`` -> the egress chain of the port's
-  combination (covers forwarded and to-host traffic);
+* ``inet portwall egress`` (prerouting 0, after conntrack): for a port's mark (in
+  ``@tracked_ids`` or ``@stateless_ids``), ``meta mark & 0xffff vmap @egress`` -> the egress
+  chain of the port's combination (covers forwarded and to-host traffic; an unfiltered
+  port's combination id is 0, which the maps never hold);
 * ``bridge portwall forward`` (-200): the mark := the out-port's mark;
 * ``inet portwall ingress`` (forward 0): the same through ``@ingress`` -> the ingress chain.
 
@@ -48,7 +49,6 @@ INET_SETS: dict[str, tuple[bool, str]] = {
     "zones": (True, "typeof iifname : ct zone;"),
     "egress": (True, "type mark : verdict;"),
     "ingress": (True, "type mark : verdict;"),
-    "filtered_ids": (False, "type mark;"),
     "stateless_ids": (False, "type mark;"),
     "tracked_ids": (False, "type mark;"),
     "stateless_macs": (False, "type ether_addr;"),
@@ -66,6 +66,13 @@ SPOOF_CHAIN = "spoof"
 
 def _c(tag: str) -> str:
     return comment(tag)
+
+
+def _dispatch(direction: str) -> tuple[str, ...]:
+    """Only a port's mark (every port is in exactly one of the two id sets) is dispatched:
+    another program's mark whose low bits happen to equal a combination id is not."""
+    return tuple(f"meta mark @{side}_ids meta mark & {COMBO_MASK:#x} vmap @{direction} "
+                 f"{_c(f'pw-{direction}')}" for side in ("tracked", "stateless"))
 
 
 BASE_CHAINS: tuple[NftChain, ...] = (
@@ -96,13 +103,10 @@ BASE_CHAINS: tuple[NftChain, ...] = (
         f"ether daddr @stateless_macs meta mark != @tracked_ids notrack accept {_c('pw-notrack-dst')}",
         f"ct zone set iifname map @zones {_c('pw-zone')}",
     ), "type filter hook prerouting priority -300; policy accept;"),
-    NftChain(INET, "egress_hook", (
-        f"meta mark @filtered_ids meta mark & {COMBO_MASK:#x} vmap @egress {_c('pw-egress')}",
-    ), "type filter hook prerouting priority 0; policy accept;"),
-    NftChain(INET, "ingress_hook", (
-        f"meta mark @filtered_ids meta mark & {COMBO_MASK:#x} vmap @ingress "
-        f"{_c('pw-ingress')}",
-    ), "type filter hook forward priority 0; policy accept;"),
+    NftChain(INET, "egress_hook", _dispatch("egress"),
+             "type filter hook prerouting priority 0; policy accept;"),
+    NftChain(INET, "ingress_hook", _dispatch("ingress"),
+             "type filter hook forward priority 0; policy accept;"),
     NftChain(INET, SPOOF_CHAIN, (
         f"meta mark . ether saddr . ip saddr @sp4h return {_c('pw-spoof-ip')}",
         f"meta mark . ether saddr . ip saddr @sp4n return {_c('pw-spoof-pair')}",

@@ -235,7 +235,7 @@ class NftRenderer:
             els.append(((INET, "zones"), f"{quote(p.bridge)} : {p.zone}"))
         if combo is None:
             return _PortOut(p, p.device, (), {}, els)
-        els += [((INET, "filtered_ids"), str(mark)), ((BRIDGE, "guarded"), dev),
+        els += [((BRIDGE, "guarded"), dev),
                 ((INET, "ingress"), f"{cid} : goto {combo[0]}"),
                 ((INET, "egress"), f"{cid} : goto {combo[1]}")]
         els += self._spoof_elements(p, mark, dev)
@@ -309,14 +309,19 @@ class NftRenderer:
                 # A rule on one of the port's own addresses: a shared template + an element.
                 a = m.dst if field_ == "d" else m.src
                 assert isinstance(a, _NETS)
-                tkey = (field_, replace(m, dst=None) if field_ == "d" else replace(m, src=None),
+                # the match without the port's own address (a plain tuple: no new Match
+                # object per port)
+                fast = (field_, m.family, m.protocol, m.src if field_ == "d" else m.dst,
+                        m.src_mac, m.sport, m.dport, m.icmp_type, m.icmp_code, m.ct,
                         step.action)
-                tmpl = self._templates.get(tkey)
+                tmpl = self._templates.get(fast)
                 if tmpl is None:
+                    tkey = (field_, replace(m, dst=None) if field_ == "d"
+                            else replace(m, src=None), step.action)
                     rest = match_variants(m, sets, skip=field_)
                     ip = "ip" if m.family == 4 else "ip6"
                     name = f"t_{digest([repr(tkey)])}"
-                    tmpl = self._templates[tkey] = (name, tuple(
+                    tmpl = self._templates[fast] = (name, tuple(
                         f"{v} meta mark . {ip} {field_}addr @{name} {VERDICT[step.action]} "
                         f"{comment(name)}" for v in rest), f"type mark . ipv{m.family}_addr;")
                 if tmpl[0] != last_tmpl:  # consecutive equal templates are one rule
