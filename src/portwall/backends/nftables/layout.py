@@ -37,7 +37,6 @@ from portwall.backends.nftables.types import BRIDGE, INET, NftChain
 BRIDGE_SETS: dict[str, tuple[bool, str]] = {
     "ports": (True, "type ifname : mark;"),
     "ids": (False, "type mark;"),
-    "guarded": (False, "type ifname;"),
     "arp_h": (False, "type ifname . ether_addr . ether_addr . ipv4_addr;"),
     "arp_n": (False, "type ifname . ether_addr . ether_addr . ipv4_addr; flags interval;"),
     "arp_m": (False, "type ifname . ether_addr . ether_addr;"),
@@ -68,6 +67,11 @@ def _c(tag: str) -> str:
     return comment(tag)
 
 
+#: a filtered port's frame: its mark came from the ``ports`` map (a map looked up as a set)
+#: and carries a combination id (unfiltered ports have 0), so no per-port set is needed
+_GUARDED = f"iifname @ports meta mark & {COMBO_MASK:#x} != 0"
+
+
 def _dispatch(direction: str) -> tuple[str, ...]:
     """Only a port's mark (every port is in exactly one of the two id sets) is dispatched:
     another program's mark whose low bits happen to equal a combination id is not."""
@@ -78,8 +82,8 @@ def _dispatch(direction: str) -> tuple[str, ...]:
 BASE_CHAINS: tuple[NftChain, ...] = (
     NftChain(BRIDGE, "prerouting", (
         f"meta mark set iifname map @ports {_c('pw-in-port')}",
-        f"iifname @guarded ether type arp jump arp_check {_c('pw-arp')}",
-        f"iifname @guarded icmpv6 type nd-neighbor-advert jump nd_check {_c('pw-nd')}",
+        f"{_GUARDED} ether type arp jump arp_check {_c('pw-arp')}",
+        f"{_GUARDED} icmpv6 type nd-neighbor-advert jump nd_check {_c('pw-nd')}",
     ), "type filter hook prerouting priority -300; policy accept;"),
     NftChain(BRIDGE, "arp_check", (
         f"iifname . ether saddr . arp saddr ether . arp saddr ip @arp_h return {_c('pw-arp-ip')}",

@@ -235,8 +235,7 @@ class NftRenderer:
             els.append(((INET, "zones"), f"{quote(p.bridge)} : {p.zone}"))
         if combo is None:
             return _PortOut(p, p.device, (), {}, els)
-        els += [((BRIDGE, "guarded"), dev),
-                ((INET, "ingress"), f"{cid} : goto {combo[0]}"),
+        els += [((INET, "ingress"), f"{cid} : goto {combo[0]}"),
                 ((INET, "egress"), f"{cid} : goto {combo[1]}")]
         els += self._spoof_elements(p, mark, dev)
         els += [((INET, tmpl), f"{mark} . {addr(a)}") for tmpl, a in owned]
