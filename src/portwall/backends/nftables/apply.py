@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from portwall.backends.base import ApplyError, ApplyReport
+from portwall.backends.nftables.spell import rid_of
 from portwall.backends.nftables.state import KernelState, parse
 from portwall.backends.nftables.text import batch_text
 from portwall.backends.nftables.types import (
@@ -213,7 +214,7 @@ class NftApplier:
             line = lines[line_no - 1] if line_no else None
         if line is not None:
             tag = re.search(r'comment "([^"]*)"$', line)
-            rid = tag.group(1) if tag else None
+            rid = rid_of(tag.group(1)) if tag else None
         origin = ruleset.provenance().get(rid) if rid else None
         return ApplyError("nftables refused the batch; nothing was changed", command="nft",
                           line=line, line_no=line_no, rid=rid, origin=origin, stderr=err,

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from portwall.backends.nftables.layout import BASE_CHAINS, BRIDGE_SETS, INET_SETS, SPOOF_CHAIN
+from portwall.backends.nftables.notes import group_note, rule_note
 from portwall.backends.nftables.spell import (
     MAX_COMBO_ID,
     MAX_PORT_ID,
@@ -333,7 +334,7 @@ class NftRenderer:
                 target = self._group_names.get(step.ruleset_id)
                 if target is None:
                     raise RenderError(f"port {p.id} jumps to unknown rule set {step.ruleset_id}")
-                shape.append(("j", target, step.ruleset_id))
+                shape.append(("j", *target, step.ruleset_id))
             elif isinstance(step, SpoofCheck):
                 last_tmpl = ""
                 shape.append("S")
@@ -350,7 +351,7 @@ class NftRenderer:
             elif tok == "S":
                 lines.append(f"jump {SPOOF_CHAIN} {comment('pw-spoof-check')}")
             elif isinstance(tok, tuple):
-                lines.append(f"jump {tok[1]} {comment(str(tok[2]))}")
+                lines.append(f"jump {tok[1]} {comment(str(tok[3]), str(tok[2]))}")
             else:
                 lines += tmpl_lines[str(tok)]
         return lines
@@ -361,7 +362,7 @@ class NftRenderer:
         if hit is not None and hit[1] == rsid:
             self._new_groups[id(rs)] = hit
             return hit[2]
-        lines = [f"{v} accept {comment(r.rid)}" for r in rs.rules
+        lines = [f"{v} accept {comment(r.rid, rule_note(rs, r))}" for r in rs.rules
                  for v in match_variants(r.match, sets)]
         chain = NftChain(INET, group_chain(rs), tuple(lines))
         self._new_groups[id(rs)] = (rs, rsid, chain)
@@ -405,7 +406,9 @@ class NftRenderer:
         sets = {sid: set_names(sid, s.family) for sid, s in plan.address_sets.items()}
         self._new_groups: dict[int, tuple[RuleSet, str, NftChain]] = {}
         group_chains = [self._group(rsid, rs, sets) for rsid, rs in plan.rulesets.items()]
-        self._group_names = {rsid: group_chain(rs) for rsid, rs in plan.rulesets.items()}
+        # rule set id -> (its chain, the words after the rid in a jump's comment)
+        self._group_names = {rsid: (group_chain(rs), group_note(rs))
+                             for rsid, rs in plan.rulesets.items()}
         if len({c.name for c in group_chains}) != len(group_chains):
             raise RenderError("two rule sets map to one chain name")
         self._groups = self._new_groups
@@ -464,7 +467,7 @@ class NftRenderer:
         rs._provenance = lambda: provenance(plan)
         return rs
 
-    _group_names: dict[str, str]
+    _group_names: dict[str, tuple[str, str]]
     _new_groups: dict[int, tuple[RuleSet, str, NftChain]]
 
     def _count_of(self, key: SetKey) -> Counted:
