@@ -7,12 +7,12 @@ with Neutron's IptablesFirewallDriver on the same file in the same run.
 
 Per size N: the peer's file (``gen_ports.py N``) loaded into portwall's model (same ids,
 so the same tap names); a full sync into an empty namespace, split compile / render /
-apply, next to a bare ``nft -f`` of the same ruleset text (nftables only); then, with a
-long-lived compiler, renderer and applier (what a running agent keeps; like the
-agent after its resync, the full build's objects are then frozen out of the cyclic GC),
-``--inc-reps``
-times each: one new port, one new remote-group member (a port on another host joins
-``sg-all``), one changed rule; p50 and p99 of model change -> kernel and of each part.
+apply (the cyclic GC paused over it, as the agent's resync does), next to a bare
+``nft -f`` of the same ruleset text (nftables only); then, with a long-lived compiler,
+renderer and applier (what a running agent keeps; like the agent after its resync, the
+full build's objects are then frozen out of the cyclic GC), ``--inc-reps`` times each:
+one new port, one new remote-group member (a port on another host joins ``sg-all``), one
+changed rule; p50 and p99 of model change -> kernel and of each part.
 Everything runs in namespaces made here and deleted at the end.
 """
 
@@ -32,6 +32,7 @@ from typing import Any
 from _peer import peer_dir
 
 from portwall import backends
+from portwall.bulk import gc_paused
 from portwall.ir.compile import PlanCompiler
 from portwall.lab import netns
 from portwall.model import Model, stable_ids
@@ -150,12 +151,12 @@ def bench_size(name: str, n: int, reps: int, inc_reps: int, with_peer: bool) -> 
             w = PeerFile(n, path)
             ns = fresh_ns()
             try:
-                t0 = time.perf_counter()
-                plan = PlanCompiler(HOST).compile(w.m)
-                t1 = time.perf_counter()
-                rs = b.renderer().render(plan)
-                t2 = time.perf_counter()
-                with b.applier(ns) as a:
+                with b.applier(ns) as a, gc_paused():  # as the agent's resync
+                    t0 = time.perf_counter()
+                    plan = PlanCompiler(HOST).compile(w.m)
+                    t1 = time.perf_counter()
+                    rs = b.renderer().render(plan)
+                    t2 = time.perf_counter()
                     t3 = time.perf_counter()
                     rep = a.apply(rs, plan)
                     t4 = time.perf_counter()

@@ -169,6 +169,30 @@ def test_a_refused_batch_changes_nothing(host_ns: str) -> None:
         assert not a.apply(good, plan2).noop and a.drift(good) == []
 
 
+def test_names_in_comments_reach_the_kernel_and_parse_back(host_ns: str) -> None:
+    """Group names after the rids (unsafe, non-ASCII and overlong ones cut to one ASCII
+    token) load, list back equal (no drift), and a refused rule is still traced by its rid."""
+    cloud = Cloud()
+    cloud.m.update_security_group(cloud.web, {"name": 'web "front" ' + "\u00e9" * 30 + "y" * 300})
+    plan = cloud.plan()
+    rs = NftRenderer().render(plan)
+    with NftApplier(host_ns) as a:
+        a.apply(rs, plan)
+        listing = _table(host_ns, "inet")
+        assert "group web_front_" in listing and " ingress tcp/80" in listing
+        assert a.drift(rs) == []
+        with NftApplier(host_ns) as fresh:  # compares the kernel's comments, not a cache
+            assert fresh.apply(rs, plan).noop
+        key = next(k for k in rs.chains if k[1].startswith("gi_"))
+        bad = replace(rs, owner=None, chains={**rs.chains, key: NftChain(INET, key[1], (
+            *rs.chains[key].rules,
+            'meta nfproto ipv4 ip saddr @nosuchset accept comment "sgr-broken group web in"'))})
+        with pytest.raises(ApplyError) as err:
+            a.apply(bad, plan)
+        assert err.value.rid == "sgr-broken"
+        assert a.drift(rs) == []
+
+
 STATELESS_SERVER = """
 project: mixed
 networks:

@@ -74,6 +74,18 @@ def test_render_explains_how_to_load_each_part() -> None:
     assert re.search(r"^#   pw-i\S+ +to-VM \(ingress\) rules of port proxy-a-port$", out, re.M)
 
 
+def test_render_nftables_names_groups_in_legend_and_comments() -> None:
+    code, out = run("render", str(EXAMPLES / "seed001-vip-nat.yaml"), "--backend", "nftables")
+    assert code == 0, out
+    for group in ("ssh", "proxy", "vip"):
+        assert re.search(rf"^#   gi_\S+\n# +ingress rules of security group {group}$", out, re.M)
+        assert re.search(rf'comment "sgr-\S+ group {group} ingress [a-z0-9/-]+"$', out, re.M)
+        assert re.search(rf'jump gi_\S+ comment "sg-\S+-ingress group {group}"$', out, re.M)
+    assert re.search(r"^#   r4h_\S+\n# +IPv4 member addresses of remote group ssh$", out, re.M)
+    legend = out.split("\n# ---- part 1/")[0]
+    assert not [ln for ln in legend.splitlines() if len(ln) > 100]
+
+
 def test_render_part_is_bare_and_loadable_text() -> None:
     code, out = run("render", str(EXAMPLES / "seed000-router-vm.yaml"), "--part",
                     "iptables-restore")

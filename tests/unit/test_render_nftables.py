@@ -9,7 +9,7 @@ from pathlib import Path
 
 from portwall.backends import get, names
 from portwall.backends.nftables.render import NftRenderer, render_nftables
-from portwall.backends.nftables.spell import match_variants
+from portwall.backends.nftables.spell import COMBO_MASK, match_variants, rid_of
 from portwall.backends.nftables.types import BRIDGE, INET
 from portwall.ir import compile_plan
 from portwall.ir.compile import PlanCompiler
@@ -52,7 +52,12 @@ def test_ports_with_the_same_groups_share_chains_and_add_only_elements() -> None
     assert rs3.counts()["rules"] == rs4.counts()["rules"]
     port_chains = [k for k in rs4.chains if k[1].startswith(("pi_", "pe_"))]
     assert len(port_chains) == 2  # one ingress and one egress chain for all four ports
-    assert len(rs4.sets[(INET, "egress")].elements) == 4
+    # two-step dispatch: four port marks, one combination id in each verdict map
+    assert len(rs4.sets[(INET, "egress")].elements) == 1
+    assert len(rs4.sets[(INET, "ingress")].elements) == 1
+    assert len(rs4.sets[(INET, "tracked_ids")].elements) == 4
+    cid = int(next(iter(rs4.sets[(INET, "egress")].elements)).split(" : ")[0])
+    assert {int(e) & COMBO_MASK for e in rs4.sets[(INET, "tracked_ids")].elements} == {cid}
     assert {e.split(" . ")[-1] for e in rs4.sets[(INET, "sp4h")].elements} == {
         "10.5.0.10", "10.5.0.11", "10.5.0.12", "10.5.0.99"}
 
@@ -66,7 +71,7 @@ def test_every_rule_carries_its_rid_and_provenance_covers_spoof_entries() -> Non
         for r in c.rules:
             assert r.endswith('"'), r
     for tag in {t for c in rs.chains.values() for t in c.tags()}:
-        assert tag.startswith(("pw-", "t_")) or tag in prov, tag
+        assert tag.startswith(("pw-", "t_")) or rid_of(tag) in prov, tag
     port = plan.ports[0]
     assert prov[f"spoof-{port.id}-0"].kind.value == "allowed_address_pair"
     assert any("10.5.9.0/24" in e for e in rs.sets[(INET, "sp4n")].elements)
@@ -116,8 +121,10 @@ def test_incremental_render_equals_fresh_and_reports_deltas() -> None:
     assert {k: c.rules for k, c in inc.chains.items()} == {
         k: c.rules for k, c in fresh.chains.items()}
     added = {k[1]: a for k, (a, rem) in inc.deltas.items() if not rem}
-    assert set(added) >= {"ports", "sp4h", "egress", "ingress"} and inc.parent == inc.serial - 1
-    assert all(len(a) == 1 for k, a in added.items() if k in ("ports", "sp4h", "egress"))
+    assert set(added) >= {"ports", "sp4h", "tracked_ids"} and inc.parent == inc.serial - 1
+    assert all(len(a) == 1 for k, a in added.items() if k in ("ports", "sp4h", "tracked_ids"))
+    # a port of a known group combination adds no verdict-map element (no chain re-check)
+    assert not ({"egress", "ingress"} & {k[1] for k in inc.deltas})
 
 
 def test_render_examples() -> None:
@@ -125,3 +132,38 @@ def test_render_examples() -> None:
         rs = render_nftables(compile_plan(load_topology(f).model))
         text = rs.sections()[0][1]
         assert "add table inet portwall" in text and "add table bridge portwall" in text
+
+
+def test_comments_carry_names_after_the_rid() -> None:
+    m, _net, web = _model(2)
+    plan = compile_plan(m)
+    rs = render_nftables(plan)
+    prov = rs.provenance()
+    group = next(c for k, c in rs.chains.items() if k[1].startswith("gi_"))
+    rid80 = next(r.rid for r in plan.rulesets[f"sg-{web}-ingress"].rules
+                 if r.match.dport == PortRange(80, 80))
+    assert f"{rid80} group web ingress tcp/80" in group.tags()
+    assert any(t.endswith(" group web ingress tcp/22") for t in group.tags())
+    port_in = next(c for k, c in rs.chains.items() if k[1].startswith("pi_"))
+    jumps = [(r, t) for r, t in zip(port_in.rules, port_in.tags(), strict=True)
+             if r.startswith("jump ")]
+    assert jumps and all(t == f"sg-{web}-ingress group web" for _r, t in jumps)
+    for c in rs.chains.values():  # every parser reads the first token: still the rid
+        for t in c.tags():
+            assert rid_of(t).startswith(("pw-", "t_")) or rid_of(t) in prov, t
+
+
+def test_unsafe_and_long_names_stay_one_token_within_nfts_limit() -> None:
+    m, _net, web = _model(1)
+    name = 'db "prod" \\ ' + "\u00e9t\u00e9-" * 40 + "x" * 200
+    m.update_security_group(web, {"name": name})
+    rs = render_nftables(compile_plan(m))
+    for c in rs.chains.values():
+        for rule, tag in zip(c.rules, c.tags(), strict=True):
+            assert len(tag.encode()) <= 127 and tag.isascii(), tag
+            assert rule.endswith(f'comment "{tag}"')
+            if " group " in tag:
+                words = tag.split(" ")
+                assert words[1] == "group" and words[2].startswith("db_prod_t_-")
+                assert len(words[2]) == 48
+                assert words[0].startswith(("sgr-", "sg-"))

@@ -101,6 +101,13 @@ HEADER = """\
 
 _CHAIN = re.compile(r"^:(pw-g[ie]|pw-[sio])([0-9a-f]{8})[-0-9a-f]*|^create (pw[46]-)([0-9a-f]{8})\S*",
                     re.M)
+#: nftables: group chains gi_/ge_<group id> and remote-group sets r4h_/r4n_/r6h_/r6n_<id>
+_NFT = re.compile(r"^add (?:chain|set) inet portwall ((g[ie]_|r[46][hn]_)([0-9a-f]{8})\S*)", re.M)
+_NFT_ROLE = {"gi_": "ingress rules of security group", "ge_": "egress rules of security group",
+             "r4h_": "IPv4 member addresses of remote group",
+             "r4n_": "IPv4 member prefixes of remote group",
+             "r6h_": "IPv6 member addresses of remote group",
+             "r6n_": "IPv6 member prefixes of remote group"}
 _ROLE = {"pw-s": "anti-spoof entries of port", "pw-i": "to-VM (ingress) rules of port",
          "pw-o": "from-VM (egress) rules of port", "pw-gi": "ingress rules of security group",
          "pw-ge": "egress rules of security group", "pw4-": "IPv4 members of remote group",
@@ -124,13 +131,22 @@ def owners(topo: Topology, texts: list[str]) -> dict[str, str]:
             role = _ROLE.get(prefix)
             if role is not None and short_id in names:
                 out.setdefault(full, f"{role} {names[short_id]}")
+        for match in _NFT.finditer(text):
+            full, prefix, short_id = match.groups()
+            if short_id in names:
+                out.setdefault(full, f"{_NFT_ROLE[prefix]} {names[short_id]}")
     return out
 
 
 def legend(topo: Topology, sections: list[tuple[str, str]]) -> list[str]:
     """``#   pw-i1338dfe9-fa  to-VM (ingress) rules of port serverX-port`` lines."""
     found = owners(topo, [text for _, text in sections])
-    out = [f"#   {full:<28} {what}" for full, what in found.items()]
+    out: list[str] = []
+    for full, what in found.items():  # a long (nftables) name gets its own line
+        if len(full) <= 28:
+            out.append(f"#   {full:<28} {what}")
+        else:
+            out += [f"#   {full}", f"#   {'':<28} {what}"]
     return ["# Whose chains and sets these are:", *out] if out else []
 
 

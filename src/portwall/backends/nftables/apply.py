@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from portwall.backends.base import ApplyError, ApplyReport
+from portwall.backends.nftables.spell import rid_of
 from portwall.backends.nftables.state import KernelState, parse
 from portwall.backends.nftables.text import batch_text
 from portwall.backends.nftables.types import (
@@ -145,8 +146,9 @@ class NftApplier:
                           drop_sets=drop_sets, tables=tables)
         rep = ApplyReport("nftables", native=res)
         rep.timings["read"] = t_read - t0
+        tracked: int | None = None
         if text:
-            self._write(text, ruleset, rep.timings)
+            tracked = self._write(text, ruleset, rep.timings)
             res.batch = text
             rep.noop = False
             rep.write_commands = ["libnftables: one batch"]
@@ -171,7 +173,9 @@ class NftApplier:
                        + [f"- {s.family} set {s.name}" for s in drop_sets])
         shrank = bool(rewrite or drop_chains) or any(
             s.name.startswith(_RESTRICTING) for s, _e in removed)
-        if plan is not None and shrank and self.worker.conntrack_count() != 0:
+        if tracked is None and plan is not None and shrank:
+            tracked = self.worker.conntrack_count()
+        if plan is not None and shrank and tracked != 0:
             zones = {p.zone for p in plan.ports}
             rep.conntrack_checked, rep.conntrack_deleted = ct.reconcile(
                 self.runner, zones, ct.PlanVerdict(plan))
@@ -179,20 +183,22 @@ class NftApplier:
         rep.seconds = time.perf_counter() - t0
         return rep
 
-    def _write(self, text: str, ruleset: NftRuleset, timings: dict[str, float]) -> None:
+    def _write(self, text: str, ruleset: NftRuleset, timings: dict[str, float]) -> int | None:
+        """Commit ``text``; the conntrack count right after (None: unknown)."""
         t0 = time.perf_counter()
-        rc, _out, err = self.worker.run(text)
+        rc, _out, err, gen, tracked = self.worker.commit(text)
         timings["nft"] = time.perf_counter() - t0
         if rc != 0:
             self._known_gen = None
             raise self._error(text, err, ruleset)
-        self._remember(ruleset)
+        self._remember(ruleset, gen)
+        return tracked
 
-    def _remember(self, ruleset: NftRuleset) -> None:
+    def _remember(self, ruleset: NftRuleset, gen: int | None = None) -> None:
         self._owner, self._serial = ruleset.owner, ruleset.serial
         self._chains = dict(ruleset.chains)
         self._maps = {k: s.is_map for k, s in ruleset.sets.items()}
-        self._known_gen = self.worker.generation()
+        self._known_gen = self.worker.generation() if gen is None else gen
 
     @staticmethod
     def _error(text: str, err: str, ruleset: NftRuleset) -> ApplyError:
@@ -208,7 +214,7 @@ class NftApplier:
             line = lines[line_no - 1] if line_no else None
         if line is not None:
             tag = re.search(r'comment "([^"]*)"$', line)
-            rid = tag.group(1) if tag else None
+            rid = rid_of(tag.group(1)) if tag else None
         origin = ruleset.provenance().get(rid) if rid else None
         return ApplyError("nftables refused the batch; nothing was changed", command="nft",
                           line=line, line_no=line_no, rid=rid, origin=origin, stderr=err,

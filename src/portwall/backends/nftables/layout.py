@@ -4,16 +4,24 @@ Packet path (the lab bridges VM taps into Linux bridges with bridge netfilter on
 kernel has no ``nf_conntrack_bridge``, so ``ct`` cannot be used in the bridge family and
 filtering runs in the inet family, which bridge netfilter calls for bridged IP packets):
 
-* ``bridge portwall prerouting`` (-300): the packet mark := the in-port's id (map
-  ``ports``: tap -> mark), ARP and neighbour advertisements of filtered ports checked
-  against their anti-spoof entries;
+* ``bridge portwall prerouting`` (-300): the packet mark := the in-port's mark (map
+  ``ports``: tap -> port id << 16 | combination id, see below); ARP and neighbour
+  advertisements of filtered ports checked against their anti-spoof entries;
 * ``inet portwall raw`` (prerouting -300): NOTRACK when both ends are stateless (or a
   stateless port and a non-port), ending the chain (``ct zone set`` on an untracked packet
   would attach a fresh template and track it after all); else the network's zone by bridge;
-* ``inet portwall egress`` (prerouting 0, after conntrack): ``meta mark vmap @egress`` ->
-  the egress chain of the port's group combination (covers forwarded and to-host traffic);
-* ``bridge portwall forward`` (-200): the mark := the out-port's id;
-* ``inet portwall ingress`` (forward 0): ``meta mark vmap @ingress`` -> the ingress chain.
+* ``inet portwall egress`` (prerouting 0, after conntrack): for a port's mark (in
+  ``@tracked_ids`` or ``@stateless_ids``), ``meta mark & 0xffff vmap @egress`` -> the egress
+  chain of the port's combination (covers forwarded and to-host traffic; an unfiltered
+  port's combination id is 0, which the maps never hold);
+* ``bridge portwall forward`` (-200): the mark := the out-port's mark;
+* ``inet portwall ingress`` (forward 0): the same through ``@ingress`` -> the ingress chain.
+
+Dispatch is in two steps because the kernel re-validates every ``goto`` of a verdict map
+whenever a transaction touches chains: keyed by port (10,000 entries) that cost ~3 ms per
+changed rule; keyed by the combination of the port's (ingress, egress) chains it is a few
+dozen entries. The port -> combination step is the ``ports`` data map, which is never
+validated.
 
 Port chains accept (allowed: the base chain ends, the other direction's base chain still
 runs) or drop; a security-group chain is jumped to and accepts on a match, so it needs no
@@ -22,14 +30,13 @@ mark bits. Ports only add map/set elements; chains grow with group combinations.
 
 from __future__ import annotations
 
-from portwall.backends.nftables.spell import comment
+from portwall.backends.nftables.spell import COMBO_MASK, comment
 from portwall.backends.nftables.types import BRIDGE, INET, NftChain
 
 # set name -> (is_map, declaration)
 BRIDGE_SETS: dict[str, tuple[bool, str]] = {
     "ports": (True, "type ifname : mark;"),
     "ids": (False, "type mark;"),
-    "guarded": (False, "type ifname;"),
     "arp_h": (False, "type ifname . ether_addr . ether_addr . ipv4_addr;"),
     "arp_n": (False, "type ifname . ether_addr . ether_addr . ipv4_addr; flags interval;"),
     "arp_m": (False, "type ifname . ether_addr . ether_addr;"),
@@ -60,11 +67,23 @@ def _c(tag: str) -> str:
     return comment(tag)
 
 
+#: a filtered port's frame: its mark came from the ``ports`` map (a map looked up as a set)
+#: and carries a combination id (unfiltered ports have 0), so no per-port set is needed
+_GUARDED = f"iifname @ports meta mark & {COMBO_MASK:#x} != 0"
+
+
+def _dispatch(direction: str) -> tuple[str, ...]:
+    """Only a port's mark (every port is in exactly one of the two id sets) is dispatched:
+    another program's mark whose low bits happen to equal a combination id is not."""
+    return tuple(f"meta mark @{side}_ids meta mark & {COMBO_MASK:#x} vmap @{direction} "
+                 f"{_c(f'pw-{direction}')}" for side in ("tracked", "stateless"))
+
+
 BASE_CHAINS: tuple[NftChain, ...] = (
     NftChain(BRIDGE, "prerouting", (
         f"meta mark set iifname map @ports {_c('pw-in-port')}",
-        f"iifname @guarded ether type arp jump arp_check {_c('pw-arp')}",
-        f"iifname @guarded icmpv6 type nd-neighbor-advert jump nd_check {_c('pw-nd')}",
+        f"{_GUARDED} ether type arp jump arp_check {_c('pw-arp')}",
+        f"{_GUARDED} icmpv6 type nd-neighbor-advert jump nd_check {_c('pw-nd')}",
     ), "type filter hook prerouting priority -300; policy accept;"),
     NftChain(BRIDGE, "arp_check", (
         f"iifname . ether saddr . arp saddr ether . arp saddr ip @arp_h return {_c('pw-arp-ip')}",
@@ -88,12 +107,10 @@ BASE_CHAINS: tuple[NftChain, ...] = (
         f"ether daddr @stateless_macs meta mark != @tracked_ids notrack accept {_c('pw-notrack-dst')}",
         f"ct zone set iifname map @zones {_c('pw-zone')}",
     ), "type filter hook prerouting priority -300; policy accept;"),
-    NftChain(INET, "egress_hook", (
-        f"meta mark vmap @egress {_c('pw-egress')}",
-    ), "type filter hook prerouting priority 0; policy accept;"),
-    NftChain(INET, "ingress_hook", (
-        f"meta mark vmap @ingress {_c('pw-ingress')}",
-    ), "type filter hook forward priority 0; policy accept;"),
+    NftChain(INET, "egress_hook", _dispatch("egress"),
+             "type filter hook prerouting priority 0; policy accept;"),
+    NftChain(INET, "ingress_hook", _dispatch("ingress"),
+             "type filter hook forward priority 0; policy accept;"),
     NftChain(INET, SPOOF_CHAIN, (
         f"meta mark . ether saddr . ip saddr @sp4h return {_c('pw-spoof-ip')}",
         f"meta mark . ether saddr . ip saddr @sp4n return {_c('pw-spoof-pair')}",

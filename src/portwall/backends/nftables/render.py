@@ -17,8 +17,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from portwall.backends.nftables.layout import BASE_CHAINS, BRIDGE_SETS, INET_SETS, SPOOF_CHAIN
+from portwall.backends.nftables.notes import group_note, rule_note
 from portwall.backends.nftables.setdelta import PrefixCounts
 from portwall.backends.nftables.spell import (
+    MAX_COMBO_ID,
     MAX_PORT_ID,
     VERDICT,
     RenderError,
@@ -95,6 +97,7 @@ class _PortOut:
     chains: tuple[NftChain, ...]  # its direction chains (shared by equal ports)
     needs: dict[str, str]  # template set name -> declaration
     elements: list[tuple[SetKey, str]]
+    combo: tuple[str, str] | None = None  # (ingress chain, egress chain) of a filtered port
 
 
 class NftRenderer:
@@ -126,6 +129,8 @@ class NftRenderer:
         self._tmpl_refs: dict[str, int] = {}
         self._ids: dict[str, list[int]] = {}  # device -> [id, refs]
         self._used_ids: set[int] = set()
+        self._combos: dict[tuple[str, str], list[int]] = {}  # chain pair -> [id, refs]
+        self._used_combos: set[int] = set()
 
     def render(self, plan: HostPlan) -> NftRuleset:
         with cached_build(self._reset):
@@ -152,6 +157,30 @@ class NftRenderer:
         if hit[1] == 0:
             self._used_ids.discard(hit[0])
             del self._ids[device]
+
+    def _combo_id(self, combo: tuple[str, str]) -> int:
+        """The id of a (ingress, egress) chain pair: the verdict maps' key. Derived from the
+        chain names (probing on a clash), so a restarted renderer mostly agrees with the
+        kernel and its first diff stays small."""
+        hit = self._combos.get(combo)
+        if hit is not None:
+            hit[1] += 1
+            return hit[0]
+        if len(self._used_combos) >= MAX_COMBO_ID:
+            raise RenderError(f"more than {MAX_COMBO_ID} chain combinations on one host")
+        cid = 1 + zlib.crc32("|".join(combo).encode()) % MAX_COMBO_ID
+        while cid in self._used_combos:
+            cid = cid % MAX_COMBO_ID + 1
+        self._used_combos.add(cid)
+        self._combos[combo] = [cid, 1]
+        return cid
+
+    def _release_combo(self, combo: tuple[str, str]) -> None:
+        hit = self._combos[combo]
+        hit[1] -= 1
+        if hit[1] == 0:
+            self._used_combos.discard(hit[0])
+            del self._combos[combo]
 
     def _count(self, out: _PortOut, delta: int) -> None:
         counted = self._counted
@@ -181,8 +210,24 @@ class NftRenderer:
     # ------------------------------------------------------------------ ports
     def _render_port(self, p: PortPlan, sets: Mapping[str, tuple[str, str]]) -> _PortOut:
         pid = self._port_id(p.device)
-        mark = mark_of(pid)
         dev = quote(p.device)
+        needs: dict[str, str] = {}
+        chains: list[NftChain] = []
+        owned: list[tuple[str, IPNetwork]] = []  # (template set, one of the port's addresses)
+        combo = None
+        cid = 0
+        if p.filtered:
+            for direction, steps in (("i", p.ingress), ("e", p.egress)):
+                shape = (direction, *self._port_lines(p, steps, sets, owned, needs))
+                chain = self._shapes.get(shape)
+                if chain is None:
+                    lines = self._shape_lines(shape[1:])
+                    chain = self._shapes[shape] = NftChain(
+                        INET, f"p{direction}_{digest(lines)}", tuple(lines))
+                chains.append(chain)
+            combo = (chains[0].name, chains[1].name)
+            cid = self._combo_id(combo)
+        mark = mark_of(pid, cid)
         els: list[tuple[SetKey, str]] = [((BRIDGE, "ports"), f"{dev} : {mark}"),
                                          ((BRIDGE, "ids"), str(mark))]
         macs = sorted({p.mac.lower(), *(e.mac.lower() for e in p.spoof)} - {""})
@@ -191,23 +236,13 @@ class NftRenderer:
         els += [((INET, f"{side}_macs"), m) for m in macs]
         if p.bridge:
             els.append(((INET, "zones"), f"{quote(p.bridge)} : {p.zone}"))
-        if not p.filtered:
+        if combo is None:
             return _PortOut(p, p.device, (), {}, els)
-        els.append(((BRIDGE, "guarded"), dev))
+        els += [((INET, "ingress"), f"{cid} : goto {combo[0]}"),
+                ((INET, "egress"), f"{cid} : goto {combo[1]}")]
         els += self._spoof_elements(p, mark, dev)
-        needs: dict[str, str] = {}
-        chains = []
-        for direction, steps in (("i", p.ingress), ("e", p.egress)):
-            shape = (direction, *self._port_lines(p, steps, mark, sets, els, needs))
-            chain = self._shapes.get(shape)
-            if chain is None:
-                lines = self._shape_lines(shape[1:])
-                chain = self._shapes[shape] = NftChain(
-                    INET, f"p{direction}_{digest(lines)}", tuple(lines))
-            chains.append(chain)
-            els.append(((INET, "ingress" if direction == "i" else "egress"),
-                        f"{mark} : goto {chain.name}"))
-        return _PortOut(p, p.device, tuple(chains), needs, els)
+        els += [((INET, tmpl), f"{mark} . {addr(a)}") for tmpl, a in owned]
+        return _PortOut(p, p.device, tuple(chains), needs, els, combo)
 
     @staticmethod
     def _spoof_elements(p: PortPlan, mark: int, dev: str) -> list[tuple[SetKey, str]]:
@@ -242,11 +277,11 @@ class NftRenderer:
                     els.append(((BRIDGE, "nd_n"), f"{dev} . {mac} . {lo}-{hi}"))
         return els
 
-    def _port_lines(self, p: PortPlan, steps: Iterable[Step], mark: int,
-                    sets: Mapping[str, tuple[str, str]], els: list[tuple[SetKey, str]],
+    def _port_lines(self, p: PortPlan, steps: Iterable[Step],
+                    sets: Mapping[str, tuple[str, str]], owned: list[tuple[str, IPNetwork]],
                     needs: dict[str, str]) -> tuple[str, ...]:
         """The port's direction chain as a shape (one token per step, cached texts); equal
-        shapes are one chain."""
+        shapes are one chain. Rules on the port's own addresses go to ``owned``."""
         shape: list[object] = []
         own = p.addresses
         last_tmpl = ""
@@ -276,27 +311,32 @@ class NftRenderer:
                 # A rule on one of the port's own addresses: a shared template + an element.
                 a = m.dst if field_ == "d" else m.src
                 assert isinstance(a, _NETS)
-                tkey = (field_, replace(m, dst=None) if field_ == "d" else replace(m, src=None),
+                # the match without the port's own address (a plain tuple: no new Match
+                # object per port)
+                fast = (field_, m.family, m.protocol, m.src if field_ == "d" else m.dst,
+                        m.src_mac, m.sport, m.dport, m.icmp_type, m.icmp_code, m.ct,
                         step.action)
-                tmpl = self._templates.get(tkey)
+                tmpl = self._templates.get(fast)
                 if tmpl is None:
+                    tkey = (field_, replace(m, dst=None) if field_ == "d"
+                            else replace(m, src=None), step.action)
                     rest = match_variants(m, sets, skip=field_)
                     ip = "ip" if m.family == 4 else "ip6"
                     name = f"t_{digest([repr(tkey)])}"
-                    tmpl = self._templates[tkey] = (name, tuple(
+                    tmpl = self._templates[fast] = (name, tuple(
                         f"{v} meta mark . {ip} {field_}addr @{name} {VERDICT[step.action]} "
                         f"{comment(name)}" for v in rest), f"type mark . ipv{m.family}_addr;")
                 if tmpl[0] != last_tmpl:  # consecutive equal templates are one rule
                     shape.append(tmpl[0])
                     last_tmpl = tmpl[0]
                 needs[tmpl[0]] = tmpl[2]
-                els.append(((INET, tmpl[0]), f"{mark} . {addr(a)}"))
+                owned.append((tmpl[0], a))
             elif isinstance(step, Jump):
                 last_tmpl = ""
                 target = self._group_names.get(step.ruleset_id)
                 if target is None:
                     raise RenderError(f"port {p.id} jumps to unknown rule set {step.ruleset_id}")
-                shape.append(("j", target, step.ruleset_id))
+                shape.append(("j", *target, step.ruleset_id))
             elif isinstance(step, SpoofCheck):
                 last_tmpl = ""
                 shape.append("S")
@@ -313,7 +353,7 @@ class NftRenderer:
             elif tok == "S":
                 lines.append(f"jump {SPOOF_CHAIN} {comment('pw-spoof-check')}")
             elif isinstance(tok, tuple):
-                lines.append(f"jump {tok[1]} {comment(str(tok[2]))}")
+                lines.append(f"jump {tok[1]} {comment(str(tok[3]), str(tok[2]))}")
             else:
                 lines += tmpl_lines[str(tok)]
         return lines
@@ -324,7 +364,7 @@ class NftRenderer:
         if hit is not None and hit[1] == rsid:
             self._new_groups[id(rs)] = hit
             return hit[2]
-        lines = [f"{v} accept {comment(r.rid)}" for r in rs.rules
+        lines = [f"{v} accept {comment(r.rid, rule_note(rs, r))}" for r in rs.rules
                  for v in match_variants(r.match, sets)]
         chain = NftChain(INET, group_chain(rs), tuple(lines))
         self._new_groups[id(rs)] = (rs, rsid, chain)
@@ -355,7 +395,9 @@ class NftRenderer:
         sets = {sid: set_names(sid, s.family) for sid, s in plan.address_sets.items()}
         self._new_groups: dict[int, tuple[RuleSet, str, NftChain]] = {}
         group_chains = [self._group(rsid, rs, sets) for rsid, rs in plan.rulesets.items()]
-        self._group_names = {rsid: group_chain(rs) for rsid, rs in plan.rulesets.items()}
+        # rule set id -> (its chain, the words after the rid in a jump's comment)
+        self._group_names = {rsid: (group_chain(rs), group_note(rs))
+                             for rsid, rs in plan.rulesets.items()}
         if len({c.name for c in group_chains}) != len(group_chains):
             raise RenderError("two rule sets map to one chain name")
         self._groups = self._new_groups
@@ -383,6 +425,8 @@ class NftRenderer:
             for out in gone_outs:
                 self._count(out, -1)
                 self._release_id(out.device)
+                if out.combo is not None:
+                    self._release_combo(out.combo)
             self._plan_ports = new
 
         self._serial += 1
@@ -412,7 +456,7 @@ class NftRenderer:
         rs._provenance = lambda: provenance(plan)
         return rs
 
-    _group_names: dict[str, str]
+    _group_names: dict[str, tuple[str, str]]
     _new_groups: dict[int, tuple[RuleSet, str, NftChain]]
 
     def _count_of(self, key: SetKey) -> Counted:

@@ -14,12 +14,21 @@ from collections.abc import Mapping
 
 from portwall.ir.types import Action, CtState, IPNetwork, Match, PortRange, SetRef
 
-#: the packet mark carries a portwall port id in these bits (bridge -> inet hand-over)
+#: the packet mark carries a portwall port id in the high 16 bits (bridge -> inet
+#: hand-over) and the id of the port's chain combination in the low 16 bits, which the
+#: verdict maps are keyed by (few entries: a committed chain re-validates only those)
 MARK_SHIFT = 16
 MAX_PORT_ID = 0xFFFE
+COMBO_MASK = 0xFFFF
+MAX_COMBO_ID = 0xFFFE
 
 _SAFE = re.compile(r"[A-Za-z0-9_]+")
 _UNSAFE_COMMENT = re.compile(r"[\"'\\\x00-\x1f\x7f]")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:/-]+")
+#: nft refuses comments over 128 bytes (NFTNL_UDATA_COMMENT_MAXLEN); every character
+#: written is ASCII (names are reduced to a safe charset), so characters are bytes
+COMMENT_MAX = 127
+NAME_MAX = 48
 _CT_ORDER = (CtState.INVALID, CtState.NEW, CtState.ESTABLISHED, CtState.RELATED,
              CtState.UNTRACKED)
 _PORT_PROTOCOLS = {6, 17, 33, 132, 136}
@@ -43,9 +52,25 @@ def digest(lines: tuple[str, ...] | list[str]) -> str:
     return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:12]
 
 
-def comment(text: str) -> str:
-    text = _UNSAFE_COMMENT.sub("_", text)[:127] or "-"
+def comment(text: str, note: str = "") -> str:
+    """``comment "<rid> <note>"``: the rid (or a ``pw-``/``t_`` tag) first, which is all any
+    parser reads (:func:`rid_of`); ``note`` holds names for people (see :mod:`.notes`)."""
+    text = _UNSAFE_COMMENT.sub("_", text)[:COMMENT_MAX] or "-"
+    if note:
+        text = f"{text} {_UNSAFE_COMMENT.sub('_', note)}"[:COMMENT_MAX].rstrip()
     return f'comment "{text}"'
+
+
+def rid_of(tag: str) -> str:
+    """The rid of a rule comment (its first token)."""
+    return tag.split(" ", 1)[0]
+
+
+def name_token(name: str) -> str:
+    """A user's name (group, port) as one ASCII token (anything outside
+    ``[A-Za-z0-9_.:/-]`` becomes ``_``, at most 48 characters), so the rid stays the
+    comment's first token and a comment never outgrows nft's limit in bytes."""
+    return _NAME_UNSAFE.sub("_", name.strip())[:NAME_MAX] or "-"
 
 
 def quote(name: str) -> str:
@@ -61,8 +86,8 @@ def addr(net: IPNetwork) -> str:
     return text if net.prefixlen == net.max_prefixlen else f"{text}/{net.prefixlen}"
 
 
-def mark_of(port_id: int) -> int:
-    return port_id << MARK_SHIFT
+def mark_of(port_id: int, combo: int = 0) -> int:
+    return port_id << MARK_SHIFT | combo
 
 
 def collapse(nets: list[IPNetwork]) -> list[IPNetwork]:
