@@ -1,5 +1,6 @@
 """Three compute hosts, each enforced by its own ``portwall agent --host H`` process following
-one store (SQLite here; the store URL is a parameter, so etcd plugs in the same way).
+one store: a SQLite file, and a 3-member etcd cluster on loopback (each agent then watches
+only its host's keys; one etcd member is killed with SIGKILL halfway and the rest go on).
 
 Seed 001's expectations hold with real packets; a change written to the store (a port on
 host B joins the remote group) reaches host A's agent and opens proxy-a to it; host A's
@@ -61,11 +62,27 @@ def drift(box: MultiSandbox, url: str) -> dict[str, list[str]]:
             for h in box.state.hosts.values()}
 
 
+@pytest.fixture(params=["sqlite", "etcd"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store the agents follow; for etcd a private 3-member cluster, always removed."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/pw.db"
+        return
+    from portwall.store import etcdtemp
+
+    why = etcdtemp.unavailable()
+    if why:
+        pytest.skip(why)
+    with etcdtemp.TempEtcd(3) as cluster:
+        request.node.etcd = cluster  # the test kills a member
+        yield cluster.url(netns.unique_name("pwmh"))
+
+
 @pytest.fixture
-def agents_box(backend_name: str, tmp_path: Path) -> Iterator[tuple[LabBox, str]]:
+def agents_box(backend_name: str, store_url: str) -> Iterator[tuple[LabBox, str]]:
     if backend_name not in ("iptables", "nftables"):
         pytest.skip("multi-host joins Linux bridges (VXLAN): iptables and nftables")
-    url = f"sqlite:///{tmp_path}/pw.db"
+    url = store_url
     topo = as_topology(SEED001_FIXED)
     box, _ = MultiSandbox.up_hosts(topo, netns.unique_name("pwt-mha"), hosts=3,
                                    backend=backend_name, store=url)
@@ -83,8 +100,9 @@ def agents_box(backend_name: str, tmp_path: Path) -> Iterator[tuple[LabBox, str]
 
 
 def test_agents_enforce_each_host_and_converge_after_kill9(
-        agents_box: tuple[LabBox, str]) -> None:
+        agents_box: tuple[LabBox, str], request: pytest.FixtureRequest) -> None:
     lb, url = agents_box
+    etcd = getattr(request.node, "etcd", None)
     box = lb.box
     assert isinstance(box, MultiSandbox)
     assert all(hostagents.agent_alive(box, h) for h in box.state.hosts)
@@ -121,6 +139,8 @@ def test_agents_enforce_each_host_and_converge_after_kill9(
         assert lb.reach("admin", "proxy-a", "tcp", 80)
         assert admin.send(), "the agent's restart cut an allowed established connection"
 
+        if etcd is not None:  # one member of three dies: the cluster and the agents go on
+            etcd.kill(0)
         # more crashes at other moments of the change (before the poll, during the apply)
         for i, delay in enumerate((0.0, 0.08, 0.15)):
             join = i % 2 == 0

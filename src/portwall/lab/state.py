@@ -148,7 +148,8 @@ def names() -> list[str]:
     d = state_dir()
     if not d.is_dir():
         return []
-    return sorted(p.stem for p in d.glob("*.json"))
+    # routers keep a ``<name>.metadata.json`` beside the state: not a sandbox of its own
+    return sorted(p.stem for p in d.glob("*.json") if not p.name.endswith(".metadata.json"))
 
 
 @contextlib.contextmanager
