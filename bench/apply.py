@@ -3,6 +3,9 @@
 
     .venv/bin/python bench/apply.py [--sizes 100,1000] [--reps 3] [--no-peer] [--legacy]
     .venv/bin/python bench/apply.py --backend nftables [...]   (any backend: bench/nft_apply.py)
+    .venv/bin/python bench/apply.py --routers 100 [--fips 10] [--backend iptables,nftables]
+        (routers: full sync of R routers x F floating IPs, then one floating IP associate /
+        disassociate enforced, p50/p99: bench/l3.py)
 
 For each size N (ports on the host; the workload of /work/shared/peer/neutron/gen_ports.py:
 2 groups per port, ~10 rules per group, a remote-group rule on a group holding every port,
@@ -219,6 +222,11 @@ def ms(x: float | None) -> str:
 
 
 def main() -> None:
+    if "--routers" in sys.argv:  # routers, NAT and FWaaS: bench/l3.py takes the same flags
+        import l3
+
+        l3.main()
+        return
     if "--backend" in sys.argv:  # the generic path: any backend through the interface
         import nft_apply
 
