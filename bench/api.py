@@ -64,11 +64,32 @@ def setup(url: str, subnets: int) -> tuple[str, list[str]]:
     return net["id"], [gid]
 
 
+def sdk_connection(url: str) -> Any:
+    """openstacksdk against the server, as the tests drive it (admin token, no Keystone)."""
+    import openstack
+
+    return openstack.connect(auth_type="admin_token", auth={"endpoint": url, "token": TOKEN},
+                             network_endpoint_override=url)
+
+
 def create_ports(url: str, net: str, groups: list[str], start: int, stop: int, clients: int,
-                 host_ports: int) -> list[float]:
+                 host_ports: int, sdk: bool = False) -> list[float]:
     lat: list[float] = []
     lock = threading.Lock()
     chunks = [range(start + k, stop, clients) for k in range(clients)]
+
+    def work_sdk(idx: range) -> None:
+        conn = sdk_connection(url)  # one per client thread, like separate users
+        mine: list[float] = []
+        for i in idx:
+            host = HOST if i < host_ports else f"other-{i % 50}"
+            t0 = time.perf_counter()
+            conn.network.create_port(
+                network_id=net, name=f"p{i}", security_group_ids=groups, binding_host_id=host,
+                allowed_address_pairs=[{"ip_address": f"172.16.{i // 250}.{i % 250}"}])
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            lat.extend(mine)
 
     def work(idx: range) -> None:
         mine: list[float] = []
@@ -87,12 +108,19 @@ def create_ports(url: str, net: str, groups: list[str], start: int, stop: int, c
             lat.extend(mine)
 
     with ThreadPoolExecutor(clients) as ex:
-        list(ex.map(work, chunks))
+        list(ex.map(work_sdk if sdk else work, chunks))
     return lat
 
 
-def list_ports(url: str, reps: int) -> tuple[list[float], int]:
+def list_ports(url: str, reps: int, sdk: bool = False) -> tuple[list[float], int]:
     lat, n = [], 0
+    if sdk:
+        conn = sdk_connection(url)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            n = len(list(conn.network.ports()))
+            lat.append(time.perf_counter() - t0)
+        return lat, n
     with httpx.Client(base_url=url, headers=H, timeout=120) as c:
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -182,6 +210,8 @@ def main() -> None:
     ap.add_argument("--list-reps", type=int, default=10)
     ap.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
     ap.add_argument("--backend", default="iptables", help="the agent's dataplane backend")
+    ap.add_argument("--client", choices=("httpx", "sdk"), default="httpx",
+                    help="create and list through openstacksdk, or plain httpx requests")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="pw-bench-api-"))
@@ -201,11 +231,12 @@ def main() -> None:
         have = 0
         for size in sizes:
             step(f"creating ports {have:,} -> {size:,} ({args.clients} clients)")
-            lat = create_ports(srv.url, net, groups, have, size, args.clients, args.host_ports)
+            lat = create_ports(srv.url, net, groups, have, size, args.clients, args.host_ports,
+                               sdk=args.client == "sdk")
             window = lat[-min(1000, len(lat)):]
             have = size
             step(f"listing {size:,} ports x {args.list_reps}")
-            llat, n = list_ports(srv.url, args.list_reps)
+            llat, n = list_ports(srv.url, args.list_reps, sdk=args.client == "sdk")
             assert n == size, (n, size)
             rows.append((size, pct(window, 50), pct(window, 99), statistics.mean(window) * 1000,
                          pct(llat, 50), pct(llat, 99)))
@@ -217,7 +248,8 @@ def main() -> None:
             pg.stop()
     store = "PostgreSQL" if args.pg else "SQLite (WAL)"
     load = os.getloadavg()
-    print(f"\nportwall server, {store}, {args.clients} concurrent clients (httpx); load average"
+    print(f"\nportwall server, {store}, {args.clients} concurrent clients ({args.client}); load"
+          " average"
           f" at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min)\n")
     print("| ports | create p50 ms | create p99 ms | create mean ms | list all p50 ms"
           " | list all p99 ms |")
