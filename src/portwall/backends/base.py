@@ -18,12 +18,17 @@ adds a package and one line in the registry; it touches no other backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from portwall.ir.types import HostPlan, Origin
 from portwall.model.errors import PortwallError
+
+if TYPE_CHECKING:
+    from portwall.ir.l3 import RouterPlan
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -151,3 +156,24 @@ class Backend:
     def render(self, plan: HostPlan) -> Ruleset:
         """One-shot render (a fresh renderer, no cache)."""
         return self.renderer().render(plan)
+
+
+class RouterRenderCache(Generic[R]):
+    """Renders every router of a plan with a backend's ``render_router``, reusing a router's
+    output while its plan is equal: one floating IP change re-renders one router. Each L3
+    backend is this cache over its own render function."""
+
+    def __init__(self, render_router: Callable[[RouterPlan], R]) -> None:
+        self._render_router = render_router
+        self._cache: dict[str, tuple[RouterPlan, R]] = {}
+
+    def render(self, routers: Iterable[RouterPlan]) -> dict[str, R]:
+        out: dict[str, R] = {}
+        for r in routers:
+            hit = self._cache.get(r.id)
+            if hit is None or (hit[0] is not r and hit[0] != r):
+                hit = self._cache[r.id] = (r, self._render_router(r))
+            out[r.id] = hit[1]
+        for rid in [k for k in self._cache if k not in out]:
+            del self._cache[rid]
+        return out

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from portwall.backends.base import ApplyError, ApplyReport
+from portwall.backends.base import ApplyError, ApplyReport, RouterRenderCache
 from portwall.backends.iptables.render import _comment, match_spec
 from portwall.backends.iptables.spelling import name_token, protocol_spelling
 from portwall.ir.l3 import FirewallPlan, FloatingIPNat, FwAction, FwRule, RouterPlan
@@ -201,22 +201,11 @@ def render_router(r: RouterPlan) -> RouterRuleset:
     return RouterRuleset(r.id, r.netns, tables, prov)
 
 
-class L3Renderer:
-    """Renders every router of a plan, reusing a router's ruleset while its plan is equal."""
+class L3Renderer(RouterRenderCache[RouterRuleset]):
+    """Renders every router of a plan, reusing a router's output while its plan is equal."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[RouterPlan, RouterRuleset]] = {}
-
-    def render(self, routers: Iterable[RouterPlan]) -> dict[str, RouterRuleset]:
-        out: dict[str, RouterRuleset] = {}
-        for r in routers:
-            hit = self._cache.get(r.id)
-            if hit is None or (hit[0] is not r and hit[0] != r):
-                hit = self._cache[r.id] = (r, render_router(r))
-            out[r.id] = hit[1]
-        for rid in [k for k in self._cache if k not in out]:
-            del self._cache[rid]
-        return out
+        super().__init__(render_router)
 
 
 def _restore(family: Family) -> list[str]:

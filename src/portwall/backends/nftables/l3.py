@@ -27,10 +27,10 @@ cuts its connections with two in-kernel flushes. Every rule ends in ``comment "<
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from portwall.backends.base import RouterRenderCache
 from portwall.backends.iptables.l3 import fip_note, fw_chain, fw_rule_note, group_note
 from portwall.backends.nftables.spell import comment, match_variants, quote
 from portwall.backends.nftables.types import NftChain
@@ -168,22 +168,11 @@ def render_router(r: RouterPlan) -> NftL3Ruleset:
     return NftL3Ruleset(r.id, r.netns, chains, prov)
 
 
-class NftL3Renderer:
-    """Renders every router of a plan, reusing a router's table while its plan is equal."""
+class NftL3Renderer(RouterRenderCache[NftL3Ruleset]):
+    """Renders every router of a plan, reusing a router's output while its plan is equal."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[RouterPlan, NftL3Ruleset]] = {}
-
-    def render(self, routers: Iterable[RouterPlan]) -> dict[str, NftL3Ruleset]:
-        out: dict[str, NftL3Ruleset] = {}
-        for r in routers:
-            hit = self._cache.get(r.id)
-            if hit is None or (hit[0] is not r and hit[0] != r):
-                hit = self._cache[r.id] = (r, render_router(r))
-            out[r.id] = hit[1]
-        for rid in [k for k in self._cache if k not in out]:
-            del self._cache[rid]
-        return out
+        super().__init__(render_router)
 
 
 # ------------------------------------------------------------------ counters
