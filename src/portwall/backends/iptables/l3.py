@@ -64,7 +64,8 @@ def fw_chain(fw: FirewallPlan, direction: str) -> str:
 
 
 # Comment notes: the words after a rule's rid, for people (the rid stays the first token,
-# as in the port filters' comments, :mod:`.notes`). Shared with the nftables L3 renderer.
+# as in the port filters' comments, :mod:`.notes`). The nftables router table says the same
+# words (its own :mod:`portwall.backends.nftables.notes`: no backend imports another).
 def group_note(fw: FirewallPlan, direction: str | None = None) -> str:
     """After a firewall group's rid: ``group <name> [<direction>]``."""
     return " ".join(["group", name_token(fw.name or fw.id), *((direction,) if direction else ())])

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from portwall.backends.base import RouterRenderCache
-from portwall.backends.iptables.l3 import fip_note, fw_chain, fw_rule_note, group_note
+from portwall.backends.nftables.notes import fip_note, fw_chain, fw_rule_note
+from portwall.backends.nftables.notes import fw_group_note as group_note
 from portwall.backends.nftables.spell import comment, match_variants, quote
 from portwall.backends.nftables.types import NftChain
 from portwall.ir.l3 import FirewallPlan, FwAction, RouterPlan

@@ -11,6 +11,7 @@ combination, so no rule there names a port (ports are set and map elements).
 from __future__ import annotations
 
 from portwall.backends.nftables.spell import name_token
+from portwall.ir.l3 import FirewallPlan, FloatingIPNat, FwRule
 from portwall.ir.types import Rule, RuleSet
 
 #: how nft and /etc/protocols spell the protocols a security group rule names most often
@@ -30,3 +31,28 @@ def rule_note(rs: RuleSet, rule: Rule) -> str:
     proto = _PROTOCOLS.get(m.protocol, str(m.protocol)) if m.protocol else "any"
     ports = f"/{m.dport}" if m.dport is not None else ""
     return f"{group_note(rs)} {rs.direction} {proto}{ports}"
+
+
+# Routers (``table inet portwall_l3``): the same words as the iptables router comments.
+def fw_chain(fw: FirewallPlan, direction: str) -> str:
+    """A firewall group's chain: the name the iptables backend gives it too."""
+    return f"pw-f{'i' if direction == 'ingress' else 'e'}{fw.id.replace('-', '')[:12]}"
+
+
+def fw_group_note(fw: FirewallPlan, direction: str | None = None) -> str:
+    """After a firewall group's rid: ``group <name> [<direction>]``."""
+    return " ".join(["group", name_token(fw.name or fw.id), *((direction,) if direction else ())])
+
+
+def fw_rule_note(fw: FirewallPlan, direction: str, r: FwRule) -> str:
+    """After a firewall rule's rid: group, direction, protocol/port and action."""
+    m = r.match
+    proto = _PROTOCOLS.get(m.protocol, str(m.protocol)) if m.protocol else "any"
+    ports = f"/{m.dport}" if m.dport is not None else ""
+    return f"{fw_group_note(fw, direction)} {proto}{ports} {r.action.value}"
+
+
+def fip_note(f: FloatingIPNat) -> str:
+    """After a floating IP's rid: its name, the translation and the port's name."""
+    return (f"fip {name_token(f.origin.resource_name or str(f.floating))} {f.floating}->"
+            f"{f.fixed} port {name_token(f.port_name or f.port_id)}")
