@@ -237,13 +237,19 @@ def main() -> None:
             def own(n: int, host: str) -> list[tuple[str, list[str]]]:
                 return [(random.choice(cloud.ports[host][1:]), [host]) for _ in range(n)]
 
-            elsewhere_a = sum(len(v) for k, v in cloud.ports.items() if k != "h0")
-            say(f"phase A: h0's per-change work with {elsewhere_a:,} ports elsewhere")
-            before = counters(reports, ["h0"])["h0"]
-            lat_a, work_a = latency_run(cloud, reports, own(30, "h0"), 0)
-            after = counters(reports, ["h0"])["h0"]
-            ev_a = (after["watch_events"] - before["watch_events"]) / 30
-            by_a = (after["watch_event_bytes"] - before["watch_event_bytes"]) / 30
+            def h0_phase(label: str, seed: int) -> tuple[list[float], list[float], float, float, int]:
+                """30 changes on h0's own ports: latencies, work, events and bytes per
+                change, and how many ports live elsewhere in the cloud meanwhile."""
+                elsewhere = sum(len(v) for k, v in cloud.ports.items() if k != "h0")
+                say(f"phase {label}: h0's per-change work with {elsewhere:,} ports elsewhere")
+                before = counters(reports, ["h0"])["h0"]
+                lat, work = latency_run(cloud, reports, own(30, "h0"), seed)
+                after = counters(reports, ["h0"])["h0"]
+                return (lat, work, (after["watch_events"] - before["watch_events"]) / 30,
+                        (after["watch_event_bytes"] - before["watch_event_bytes"]) / 30,
+                        elsewhere)
+
+            lat_a, work_a, ev_a, by_a, elsewhere_a = h0_phase("A", 0)
 
             say(f"phase B: populating h2..h{args.hosts - 1} and an agentless host")
             for i, h in enumerate(hosts[2:], start=2):
@@ -253,13 +259,7 @@ def main() -> None:
             for h in hosts:
                 if reports.first_at(h, 0, 120) is None:
                     sys.exit(f"agent {h} never reported")
-            elsewhere = sum(len(v) for k, v in cloud.ports.items() if k != "h0")
-            say(f"phase B: h0's per-change work with {elsewhere:,} ports elsewhere")
-            before = counters(reports, ["h0"])["h0"]
-            lat_b, work_b = latency_run(cloud, reports, own(30, "h0"), 1000)
-            after = counters(reports, ["h0"])["h0"]
-            ev_b = (after["watch_events"] - before["watch_events"]) / 30
-            by_b = (after["watch_event_bytes"] - before["watch_event_bytes"]) / 30
+            lat_b, work_b, ev_b, by_b, elsewhere = h0_phase("B", 1000)
 
             say(f"latency: {args.changes} changes on random hosts (1 in 5 cross-host)")
             mix: list[tuple[str, list[str]]] = []
