@@ -1,8 +1,8 @@
 """Keep one router namespace's ``table inet portwall_l3`` in line with its ruleset.
 
-Through libnftables in-process (a thread inside the router's namespace, like the host
-backend's :class:`~portwall.backends.nftables.worker.NftWorker`; a whole apply is one call
-into it), one transaction per change:
+Through libnftables in-process (the host backend's
+:class:`~portwall.backends.nftables.worker.NftWorker`, entered once per apply), one
+transaction per change:
 
 * while the nf_tables generation proves nobody wrote since our last apply, the diff is
   against what we applied: only chains whose rules changed are flushed and refilled (a
@@ -20,82 +20,18 @@ reconcile_router`).
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
-
-from pyroute2 import netns as pr_netns
 
 from portwall.backends.base import ApplyError, ApplyReport
 from portwall.backends.nftables.apply import _blamed  # the same blame as the host applier
 from portwall.backends.nftables.l3 import FAMILY, TABLE, NftL3Ruleset, chain_decl, rule_lines
 from portwall.backends.nftables.types import NftChain
+from portwall.backends.nftables.worker import NftWorker
 from portwall.kernel.conntrack import CtNetlink
 from portwall.kernel.runner import Runner
 
-T = TypeVar("T")
 _COMMENT = re.compile(r'comment "([^" ]*)')
-
-
-class _Worker:
-    """One thread inside the router's namespace with a long-lived libnftables context and
-    a netlink socket for the nf_tables generation (as the host backend's ``NftWorker``;
-    its own here so that a whole apply runs in one call into the thread)."""
-
-    def __init__(self, netns: str) -> None:
-        self.netns = netns
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"nftl3-{netns}",
-                                        initializer=self._enter)
-        self.nft: Any = None
-        self._gen_sock: Any = None
-        self.call(self._open)
-
-    def _enter(self) -> None:
-        fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)  # fails if missing
-        try:
-            pr_netns.setns(fd)
-        finally:
-            os.close(fd)
-
-    def _open(self) -> None:
-        import nftables  # Debian's python3-nftables (system site-packages)
-
-        self.nft = nftables.Nftables()
-        self.nft.set_stateless_output(True)
-
-    def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in the namespace's thread and wait for it."""
-        return self._pool.submit(fn).result()
-
-    def cmd(self, text: str) -> tuple[int, str]:
-        """One batch, one transaction (in the thread): (rc, error text)."""
-        rc, _out, err = self.nft.cmd(text)
-        return int(rc), str(err or "")
-
-    def generation(self) -> int | None:
-        """The nf_tables generation, bumped by every committed transaction (in the thread)."""
-        from pyroute2.netlink import NLM_F_REQUEST
-        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
-
-        try:
-            if self._gen_sock is None:
-                self._gen_sock = NFTSocket()
-            msgs = self._gen_sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
-            gen = msgs[0].get_attr("NFTA_GEN_ID")
-            return int(gen) if gen is not None else None
-        except Exception:  # no answer: the applier then rewrites the table whole
-            self._gen_sock = None
-            return None
-
-    def close(self) -> None:
-        def shut() -> None:
-            if self._gen_sock is not None:
-                self._gen_sock.close()
-        self.call(shut)
-        self._pool.shutdown(wait=True)
 
 
 class NftL3Applier:
@@ -104,7 +40,7 @@ class NftL3Applier:
 
     def __init__(self, netns: str) -> None:
         self.netns = netns
-        self.worker = _Worker(netns)
+        self.worker = NftWorker(netns)
         self.runner = Runner(netns)  # for the conntrack tool (listing after FWaaS changes)
         self._ct: CtNetlink | None = None
         self._applied: dict[str, NftChain] | None = None
@@ -136,14 +72,14 @@ class NftL3Applier:
         return ("\n".join(lines) + "\n" if lines else ""), len(new_chains) + len(rewrite)
 
     def _transact(self, rs: NftL3Ruleset) -> tuple[str, int, int, str, int | None]:
-        """Inside the worker thread, in one hop (each hop between threads is a wake-up,
-        which a busy host makes slow): read the generation, diff, write, read it again."""
+        """Inside the namespace, in one visit: read the generation, diff, write, read it
+        again."""
         w = self.worker
-        text, written = self._batch(rs, w.generation())
+        text, written = self._batch(rs, w.generation_inside())
         if not text:
             return text, written, 0, "", self._gen
-        rc, err = w.cmd(text)
-        return text, written, rc, err, (w.generation() if rc == 0 else None)
+        rc, _out, err = w.cmd_inside(text)
+        return text, written, rc, err, (w.generation_inside() if rc == 0 else None)
 
     def apply(self, rs: NftL3Ruleset) -> ApplyReport:
         t0 = time.perf_counter()
@@ -177,14 +113,14 @@ class NftL3Applier:
     def remove(self) -> None:
         """Delete portwall's router table (and only it)."""
         text = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
-        self.worker.call(lambda: self.worker.cmd(text))
+        self.worker.run(text)
         self._applied = self._gen = None
 
     def forget(self) -> None:
         self._applied = self._gen = None
 
     def close(self) -> None:
-        """Release the worker thread and the socket: both hold the namespace alive."""
+        """Release the libnftables context and the sockets: they hold the namespace alive."""
         self.worker.close()
         if self._ct is not None:
             self._ct.close()
