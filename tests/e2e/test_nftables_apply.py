@@ -169,6 +169,42 @@ def test_a_refused_batch_changes_nothing(host_ns: str) -> None:
         assert not a.apply(good, plan2).noop and a.drift(good) == []
 
 
+def test_the_worker_acts_in_its_namespace_and_returns_the_caller(host_ns: str) -> None:
+    """libnftables runs in the caller's thread, moved into the namespace per call: the
+    table lands there (not in the caller's namespace), and the thread comes back, also when
+    the call raises."""
+    from portwall.backends.nftables.worker import NftWorker
+
+    home = os.stat("/proc/thread-self/ns/net").st_ino
+    table = f"pwtest{os.getpid()}"
+    w = NftWorker(host_ns)
+    try:
+        assert w.run(f"add table inet {table}\n")[0] == 0
+        assert os.stat("/proc/thread-self/ns/net").st_ino == home
+
+        def boom() -> None:
+            assert os.stat("/proc/thread-self/ns/net").st_ino != home
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            w.call(boom)
+        assert os.stat("/proc/thread-self/ns/net").st_ino == home
+        assert w.list_json(f"table inet {table}") is not None
+        assert w.generation() is not None
+    finally:
+        w.close()
+    assert table in netns.run(host_ns, ["nft", "list", "tables"]).stdout
+    mine = subprocess_tables()
+    assert table not in mine
+
+
+def subprocess_tables() -> str:
+    import subprocess
+
+    return subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                          check=False).stdout
+
+
 def test_names_in_comments_reach_the_kernel_and_parse_back(host_ns: str) -> None:
     """Group names after the rids (unsafe, non-ASCII and overlong ones cut to one ASCII
     token) load, list back equal (no drift), and a refused rule is still traced by its rid."""
