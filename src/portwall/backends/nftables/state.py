@@ -21,7 +21,9 @@ class KernelSet:
 class KernelState:
     tables: set[str] = field(default_factory=set)
     sets: dict[SetKey, KernelSet] = field(default_factory=dict)
-    chains: dict[SetKey, tuple[str, ...]] = field(default_factory=dict)  # rule tags
+    #: chain -> its rules' tags (comment, plus COUNTED when the rule counts):
+    #: :meth:`.types.NftChain.signature`
+    chains: dict[SetKey, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _ip6(text: str) -> str:

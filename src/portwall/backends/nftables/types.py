@@ -130,8 +130,16 @@ class NftChain:
         return (self.family, self.name)
 
     def tags(self) -> tuple[str, ...]:
-        """Each rule's comment (plus :data:`COUNTED` when it counts): what the kernel
-        listing is compared by."""
+        """Each rule's comment."""
+        out = []
+        for r in self.rules:
+            m = _COMMENT.search(r)
+            out.append(m.group(1) if m else "")
+        return tuple(out)
+
+    def signature(self) -> tuple[str, ...]:
+        """What a kernel chain is compared by (:attr:`.state.KernelState.chains`): each
+        rule's comment, plus :data:`COUNTED` when the rule counts."""
         out = []
         for r in self.rules:
             m = _COMMENT.search(r)
