@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portwall.backends.nftables.counters import chains_of, parse_counters, port_chains
+from portwall.backends.iptables.render import egress_chain, ingress_chain
+from portwall.backends.nftables.counters import _chains, chains_of, parse_counters
 from portwall.backends.nftables.render import render_nftables
 from portwall.backends.nftables.spell import rid_of
 from portwall.backends.nftables.state import KernelState, parse
@@ -61,19 +62,19 @@ def test_every_drop_counts_and_no_accept_does() -> None:
         in rules
 
 
-def test_port_chains_name_where_each_ports_drops_are_counted() -> None:
+def test_dispatch_maps_name_where_each_ports_drops_are_counted() -> None:
     plan = compile_plan(_model())
     rs = render_nftables(plan)
-    by_port = port_chains(plan)
+    by_dev = chains_of(rs)
     names = {p.name: p for p in plan.ports}
     filtered = [p for p in plan.ports if p.filtered]
-    assert {p.id for p in filtered} == set(by_port)
-    assert names["open"].id not in by_port  # no port-security: no chain, no counter
+    assert {p.device for p in filtered} == set(by_dev)
+    assert names["open"].device not in by_dev  # no port-security: no chain, no counter
     # ports with equal groups share their chains; other groups get others
-    assert by_port[names["p0"].id] == by_port[names["p1"].id]
-    assert len({by_port[names[n].id] for n in ("p0", "p2", "p3")}) == 3
+    assert by_dev[names["p0"].device] == by_dev[names["p1"].device]
+    assert len({by_dev[names[n].device] for n in ("p0", "p2", "p3")}) == 3
     for p in filtered:
-        for direction, chain in zip(("ingress", "egress"), by_port[p.id], strict=True):
+        for direction, chain in zip(("ingress", "egress"), by_dev[p.device], strict=True):
             rules = rs.chains[(INET, chain)]
             steps = p.ingress if direction == "ingress" else p.egress
             drops = {s.rid for s in steps if isinstance(s, Rule) and s.action.value == "drop"}
@@ -81,17 +82,40 @@ def test_port_chains_name_where_each_ports_drops_are_counted() -> None:
             counting = {t.split(" ", 1)[0] for r, t in zip(rules.rules, rules.tags(),
                                                             strict=True) if " counter " in r}
             assert drops and drops <= counting, (p.name, direction, drops, counting)
-    assert chains_of(rs) == {p.device: by_port[p.id] for p in filtered}
+
+
+def test_the_kernels_dispatch_maps_read_back_to_the_same_chains() -> None:
+    """What ``kernel_port_chains`` does with a listing: the kernel's JSON of the three maps
+    (marks in hex, verdicts as goto objects) gives the chains the renderer chose."""
+    plan = compile_plan(_model())
+    rs = render_nftables(plan)
+    items: list[dict[str, object]] = []
+    for fam, name in (("bridge", "ports"), ("inet", "ingress"), ("inet", "egress")):
+        elem = []
+        for el in rs.sets[(fam, name)].elements:
+            key, val = el.split(" : ", 1)
+            if name == "ports":
+                elem.append([key.strip('"'), hex(int(val))])
+            else:
+                elem.append([int(key), {"goto": {"target": val.split()[1]}}])
+        items.append({"map": {"family": fam, "name": name, "table": TABLE,
+                              "type": "ifname" if name == "ports" else "mark",
+                              "map": "mark" if name == "ports" else "verdict", "elem": elem}})
+    state = KernelState()
+    for fam in ("bridge", "inet"):
+        parse([i for i in items if i["map"]["family"] == fam], fam, state)  # type: ignore[index]
+    got = _chains({k: v.elements for k, v in state.sets.items()})
+    assert got == chains_of(rs) and got
 
 
 def test_lab_places_follow_the_backend() -> None:
     plan = compile_plan(_model())
     p0: PortPlan = plan.ports[0]
-    nft, ipt = places("nftables", plan), places("iptables", plan)
-    assert nft.port_chain(p0, "ingress") == port_chains(plan)[p0.id][0]
-    assert nft.port_chain(p0, "egress") == port_chains(plan)[p0.id][1]
+    nft, ipt = places("nftables"), places("iptables")
+    assert nft.port_chain("pwt-no-such-namespace", p0, "ingress") is None  # nothing to read
     assert nft.spoof(p0) == ("spoof", "pw-spoof-drop")
-    assert ipt.port_chain(p0, "ingress") != nft.port_chain(p0, "ingress")
+    assert ipt.port_chain("any", p0, "ingress") == ingress_chain(p0)
+    assert ipt.port_chain("any", p0, "egress") == egress_chain(p0)
     assert ipt.spoof(p0)[1] == "pw-spoof-drop"
 
 

@@ -145,10 +145,9 @@ def _verdicts(box: Sandbox, expects: Sequence[Expect], targets: list[tuple[str, 
             topo = load_topology(box.state.topology)
     if topo is None:
         return [None] * len(expects)
-    plan = compile_plan(topo.model)
-    tracer = Tracer.for_topology(topo, plan)
+    tracer = Tracer.for_topology(topo, compile_plan(topo.model))
     port_ns = box.port_namespaces()
-    where = places(box.state.backend, plan)
+    where = places(box.state.backend)
     return [evaluate(topo, tracer, e, t, box.host_ns, box.state.routers, port_ns, where)
             for e, (t, _) in zip(expects, targets, strict=True)]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from portwall import backends
 from portwall.analyze.trace import TraceError, Tracer, TraceResult
 from portwall.ir.l3 import FIREWALL_RULE
-from portwall.ir.types import HostPlan, PortPlan, SpoofCheck
+from portwall.ir.types import PortPlan, SpoofCheck
 from portwall.lab import netns
 from portwall.topology import Expect, Topology
 
@@ -40,37 +40,41 @@ _LINE = re.compile(r'^\[(\d+):\d+\] -A (\S+) .*?--comment "?([^" ]+)"?')
 
 @dataclass(frozen=True)
 class Places:
-    """Where a backend counts a port's drops: the chain of (port, direction), None when
-    the port has none; the (chain, rid) of its anti-spoof drop."""
+    """Where a backend counts a port's drops: the chain of (host namespace, port,
+    direction), None when it has none; the (chain, rid) of the port's anti-spoof drop."""
 
-    port_chain: Callable[[PortPlan, str], str | None]
+    port_chain: Callable[[str, PortPlan, str], str | None]
     spoof: Callable[[PortPlan], tuple[str, str]]
 
 
-def _iptables_places(plan: HostPlan) -> Places:
+def _iptables_places() -> Places:
     from portwall.backends.iptables.render import egress_chain, ingress_chain, spoof_chain
 
-    return Places(lambda p, d: ingress_chain(p) if d == "ingress" else egress_chain(p),
+    return Places(lambda ns, p, d: ingress_chain(p) if d == "ingress" else egress_chain(p),
                   lambda p: (spoof_chain(p), "pw-spoof-drop"))
 
 
-def _nftables_places(plan: HostPlan) -> Places:
-    from portwall.backends.nftables.counters import SPOOF_DROP, port_chains
+def _nftables_places() -> Places:
+    """Port chains are shared and named by a digest of their lines: the namespace's own
+    dispatch maps say which chain a port's device goes to (read once per namespace)."""
+    from portwall.backends.nftables.counters import SPOOF_DROP, kernel_port_chains
 
-    chains = port_chains(plan)
+    seen: dict[str, dict[str, tuple[str, str]]] = {}
 
-    def chain(p: PortPlan, direction: str) -> str | None:
-        pair = chains.get(p.id)
+    def chain(ns: str, p: PortPlan, direction: str) -> str | None:
+        if ns not in seen:
+            seen[ns] = kernel_port_chains(ns)
+        pair = seen[ns].get(p.device)
         return None if pair is None else pair[0 if direction == "ingress" else 1]
 
     return Places(chain, lambda p: SPOOF_DROP)
 
 
-def places(backend: str | None, plan: HostPlan) -> Places:
-    """Where ``backend`` counts the drops of ``plan``'s ports (iptables' chain names for a
-    backend without counters: its keys are never read)."""
+def places(backend: str | None) -> Places:
+    """Where ``backend`` counts port drops (iptables' chain names for a backend without
+    counters: its keys are never read)."""
     name = backends.get(backend).name
-    return (_nftables_places if name == "nftables" else _iptables_places)(plan)
+    return _nftables_places() if name == "nftables" else _iptables_places()
 
 
 @dataclass
@@ -97,8 +101,7 @@ def evaluate(topo: Topology, tracer: Tracer, e: Expect, target: str, host_ns: st
         return Verdict("unknown", res.unknown or "path leaves the model")
     if res.allowed:
         return Verdict("allow", "the plan allows it")
-    return _denial(res, host_ns, router_ns, e, port_ns or {},
-                   where or _iptables_places(tracer.plan))
+    return _denial(res, host_ns, router_ns, e, port_ns or {}, where or _iptables_places())
 
 
 def _denial(res: TraceResult, host_ns: str, router_ns: dict[str, str], e: Expect,
@@ -132,7 +135,7 @@ def _denial(res: TraceResult, host_ns: str, router_ns: dict[str, str], e: Expect
                            (ns, fam, *where.spoof(d.port)))
         if d.decided_by is None:
             return Verdict("deny", "end of chain", None)
-        chain = where.port_chain(d.port, d.direction)
+        chain = where.port_chain(ns, d.port, d.direction)
         why = f"{d.direction} of port {d.port.name}: {d.origin.detail or d.decided_by.rid}"
         return Verdict("deny", why, None if chain is None else
                        (ns, fam, chain, d.decided_by.rid))

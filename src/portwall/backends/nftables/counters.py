@@ -7,19 +7,27 @@ of the rule the evaluator names rising while the probe ran; it reads them here, 
 through libnftables (:class:`.worker.NftWorker`, one JSON listing per table).
 
 Port chains are shared by every port with the same lines (named by a digest of them), so
-the chain a port's drop is counted in comes from rendering the port's plan
-(:func:`port_chains`): the counter is the kernel rule's, shared with those ports, which is
-what the lab's probe scheduling keys on.
+the chain a port's drop is counted in is looked up in the kernel's dispatch maps
+(:func:`kernel_port_chains`): the counter is the kernel rule's, shared with those ports,
+which is what the lab's probe scheduling keys on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from portwall.backends.nftables.spell import COMBO_MASK, rid_of
-from portwall.backends.nftables.types import BRIDGE, INET, TABLE, NftRuleset, element_key
+from portwall.backends.nftables.state import KernelState, parse
+from portwall.backends.nftables.types import (
+    BRIDGE,
+    INET,
+    TABLE,
+    NftRuleset,
+    SetKey,
+    element_key,
+)
 from portwall.backends.nftables.worker import NftWorker
-from portwall.ir.types import HostPlan
 
 #: (family 4/6, chain, rid) -> packets
 Counters = dict[tuple[int, str, str], int]
@@ -82,17 +90,15 @@ def read_counters(netns: str | None,
     return out
 
 
-def chains_of(rs: NftRuleset) -> dict[str, tuple[str, str]]:
-    """device -> (ingress chain, egress chain) of every filtered port of a rendered ruleset
-    (the ``ports`` map gives the port's mark, whose low bits key the verdict maps)."""
+def _chains(sets: Mapping[SetKey, frozenset[str]]) -> dict[str, tuple[str, str]]:
+    """device -> (ingress chain, egress chain) from the ``ports`` map (a port's mark, whose
+    low bits key the verdict maps) and the two verdict maps."""
     by_combo: dict[str, dict[int, str]] = {}
     for direction in ("ingress", "egress"):
-        vmap = rs.sets.get((INET, direction))
-        by_combo[direction] = {} if vmap is None else {
-            int(element_key(el)): el.rsplit(" ", 1)[1] for el in vmap.elements}
+        by_combo[direction] = {int(element_key(el)): el.rsplit(" ", 1)[1]
+                               for el in sets.get((INET, direction), ())}
     out: dict[str, tuple[str, str]] = {}
-    ports = rs.sets.get((BRIDGE, "ports"))
-    for el in ports.elements if ports is not None else ():
+    for el in sets.get((BRIDGE, "ports"), ()):
         dev, mark = el.split(" : ", 1)
         combo = int(mark) & COMBO_MASK
         ingress, egress = by_combo["ingress"].get(combo), by_combo["egress"].get(combo)
@@ -101,10 +107,28 @@ def chains_of(rs: NftRuleset) -> dict[str, tuple[str, str]]:
     return out
 
 
-def port_chains(plan: HostPlan) -> dict[str, tuple[str, str]]:
-    """port id -> (ingress chain, egress chain) its drops are counted in (rendered afresh:
-    a chain's name is a digest of its lines, so it is the same on every host)."""
-    from portwall.backends.nftables.render import render_nftables
+_MAPS = ((BRIDGE, "ports"), (INET, "ingress"), (INET, "egress"))
 
-    by_dev = chains_of(render_nftables(plan))
-    return {p.id: by_dev[p.device] for p in plan.ports if p.device in by_dev}
+
+def chains_of(rs: NftRuleset) -> dict[str, tuple[str, str]]:
+    """device -> (ingress chain, egress chain) of every filtered port of a rendered ruleset."""
+    return _chains({k: rs.sets[k].elements for k in _MAPS if k in rs.sets})
+
+
+def kernel_port_chains(netns: str | None) -> dict[str, tuple[str, str]]:
+    """device -> (ingress chain, egress chain) its drops are counted in, as the kernel of
+    ``netns`` holds them (its three dispatch maps; empty without portwall's tables). Read
+    from the kernel, not re-rendered: a chain's name is a digest of its lines, which name
+    group ids, so only the kernel knows the chain of a policy it got from elsewhere (an
+    agent following a store)."""
+    try:
+        worker = NftWorker(netns)
+    except OSError:
+        return {}
+    state = KernelState()
+    try:
+        for family, name in _MAPS:
+            parse(worker.list_json(f"map {family} {TABLE} {name}"), family, state)
+    finally:
+        worker.close()
+    return _chains({k: v.elements for k, v in state.sets.items()})
