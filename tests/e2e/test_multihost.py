@@ -1,8 +1,8 @@
 """Several compute hosts joined by VXLAN, with real packets (``lab up --hosts N``).
 
 Seeds 000 and 001 with their VMs spread over three host namespaces: every expectation holds
-across hosts (denies proven by the dropping host's own counter, iptables and nftables), ARP resolves
-across the overlay, a remote-group member joining on one host opens another host's port and
+across hosts (denies proven by the dropping host's own counter, iptables and nftables), ARP
+resolves across the overlay, a remote-group member joining on one host opens another host's port and
 leaving cuts the established connection there, and nothing survives ``down`` or a failed
 ``up``."""
 
