@@ -2,9 +2,9 @@
 
 Seeds 000 and 001 with their VMs spread over three host namespaces: every expectation holds
 across hosts (denies proven by the dropping host's own counter, iptables and nftables), ARP
-resolves across the overlay, a remote-group member joining on one host opens another host's port and
-leaving cuts the established connection there, and nothing survives ``down`` or a failed
-``up``."""
+resolves across the overlay, a remote-group member joining on one host opens another host's
+port and leaving cuts the established connection there, and nothing survives ``down`` or a
+failed ``up``."""
 
 from __future__ import annotations
 
