@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "api")
 from _progress import step
 from serverproc import TOKEN, ServerProcess
 
+from portwall import backends
 from portwall.agent.httpstore import HttpStore
 from portwall.agent.runner import Agent, AgentOptions
 from portwall.lab import netns
@@ -209,7 +210,7 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=50)
     ap.add_argument("--list-reps", type=int, default=10)
     ap.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
-    ap.add_argument("--backend", default="iptables", help="the agent's dataplane backend")
+    ap.add_argument("--backend", default=backends.DEFAULT, help="the agent's dataplane backend")
     ap.add_argument("--client", choices=("httpx", "sdk"), default="httpx",
                     help="create and list through openstacksdk, or plain httpx requests")
     args = ap.parse_args()

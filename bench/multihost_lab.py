@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from portwall import backends
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed001-vip-nat-fixed.yaml"
 PROBER = """
@@ -136,7 +138,7 @@ def run(mode: str, backend: str, rounds: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="iptables")
+    ap.add_argument("--backend", default=backends.DEFAULT)
     ap.add_argument("--rounds", type=int, default=10, help="join + leave pairs")
     ap.add_argument("--modes", default="agents,inproc")
     args = ap.parse_args()

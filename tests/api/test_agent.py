@@ -33,6 +33,11 @@ def store_model(store: Store, m: Model) -> None:
                 txn.put(Record(kind, obj.id, obj.project_id, codec.to_body(m, kind, obj)))
 
 
+#: someone else's command that empties portwall's port dispatch, per backend
+FLUSH_DISPATCH = {"iptables": ["iptables", "-F", "pw-dispatch"],
+                  "nftables": ["nft", "flush", "chain", "inet", "portwall", "egress_hook"]}
+
+
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     with Lab("pwt-ag") as lab:
@@ -67,7 +72,7 @@ def test_agent_follows_resyncs_repairs_and_reports(lab: Lab, tmp_path: Path) -> 
         assert box.reach("serverX", "serverY")
 
         # drift: someone flushes portwall's dispatch chain; the agent notices and repairs
-        netns.run(box.host_ns, ["iptables", "-F", "pw-dispatch"])
+        netns.run(box.host_ns, FLUSH_DISPATCH[agent.backend.name])
         assert agent.repair_drift()
         assert agent.drift_repairs == 1
         assert agent.repair_drift() == []

@@ -38,18 +38,20 @@ lab:
 ROUTER = "routers:\n  - {name: r1, interfaces: [out-v4, app-v4]}\n"
 
 
-def test_unreachable_is_not_a_deny() -> None:
-    with Lab("pwt-l3c") as lab:
+def test_unreachable_is_not_a_deny(l3_backend_name: str) -> None:
+    with Lab("pwt-l3c", backend=l3_backend_name) as lab:
         box = lab.up(TOPO.replace("ROUTERS", "").replace("GW", ""))
         (r,) = box.check()
         assert not r.ok and r.observed == "unreachable", (r.observed, r.why)
         assert "not a policy drop" in r.why and "unknown" in r.why
 
 
-def test_with_a_router_the_deny_is_by_policy_and_counted() -> None:
-    with Lab("pwt-l3c") as lab:
+def test_with_a_router_the_deny_is_by_policy_and_counted(l3_backend_name: str) -> None:
+    """The drop is app1-port's ingress fallback: counted by the host's port filter (on
+    nftables in the port's shared group-combination chain, read through libnftables)."""
+    with Lab("pwt-l3c", backend=l3_backend_name) as lab:
         box = lab.up(TOPO.replace("ROUTERS", ROUTER).replace("GW", ", gateway: 10.50.0.1"))
         (r,) = box.check()
         assert r.ok and r.observed == "deny", (r.observed, r.why)
         assert r.why.startswith("dropped by policy") and "app1-port" in r.why
-        assert "counted" in r.why
+        assert "counted" in r.why and "fallback-v4" in r.why, r.why

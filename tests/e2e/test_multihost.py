@@ -1,10 +1,10 @@
 """Several compute hosts joined by VXLAN, with real packets (``lab up --hosts N``).
 
 Seeds 000 and 001 with their VMs spread over three host namespaces: every expectation holds
-across hosts (denies proven by the dropping host's own counter on iptables), ARP resolves
-across the overlay, a remote-group member joining on one host opens another host's port and
-leaving cuts the established connection there, and nothing survives ``down`` or a failed
-``up``."""
+across hosts (denies proven by the dropping host's own counter, iptables and nftables), ARP
+resolves across the overlay, a remote-group member joining on one host opens another host's
+port and leaving cuts the established connection there, and nothing survives ``down`` or a
+failed ``up``."""
 
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ def test_seed001_expectations_hold_across_three_hosts(seed001: LabBox, backend_n
     bad = [(r.expect.describe(), r.observed, r.why) for r in results if not r.ok]
     assert not bad, bad
     assert sum(r.expect.verdict == "deny" for r in results) >= 8
-    if backend_name == "iptables":  # denies are proven by the dropping host's counter
-        assert all("counted" in r.why for r in results if r.expect.verdict == "deny")
+    # denies are proven by the dropping host's counter (iptables and nftables alike)
+    assert all("counted" in r.why for r in results if r.expect.verdict == "deny")
     assert all(not d for d in drift_per_host(seed001).values())
 
 
@@ -152,8 +152,8 @@ def test_seed000_across_hosts_broken_then_fixed(backend_name: str) -> None:
         assert all(r.ok for r in res), [(r.expect.describe(), r.observed, r.why) for r in res]
         denied = [r for r in res if r.expect.verdict == "deny"]
         assert denied and all("anti-spoof of port vm0" in r.why for r in denied)
-        if backend_name == "iptables":  # counted on vm0's host, where its chains are
-            assert all("counted" in r.why for r in denied)
+        # counted on vm0's host, where its chains are
+        assert all("counted" in r.why for r in denied)
         # the article's fix: address pairs on vm0's ports; forwarding across three hosts
         lb.apply(SEED000_FIXED)
         res = lb.check()

@@ -56,7 +56,7 @@ def test_trace_fits_100_columns_without_uuids(name: str, args: list[str]) -> Non
 
 
 def test_render_explains_how_to_load_each_part() -> None:
-    code, out = run("render", str(EXAMPLES / "seed001-vip-nat.yaml"))
+    code, out = run("render", str(EXAMPLES / "seed001-vip-nat.yaml"), "--backend", "iptables")
     assert code == 0, out
     head = out.split("\n# ---- part 1/")[0]
     assert "--noflush" in head and "flushes the whole filter table" in head
@@ -87,11 +87,12 @@ def test_render_nftables_names_groups_in_legend_and_comments() -> None:
 
 
 def test_render_part_is_bare_and_loadable_text() -> None:
-    code, out = run("render", str(EXAMPLES / "seed000-router-vm.yaml"), "--part",
-                    "iptables-restore")
+    code, out = run("render", str(EXAMPLES / "seed000-router-vm.yaml"), "--backend",
+                    "iptables", "--part", "iptables-restore")
     assert code == 0
     assert out.startswith("*filter") and "-I INPUT 1" in out and "# ----" not in out
-    code, out = run("render", str(EXAMPLES / "seed000-router-vm.yaml"), "--json")
+    code, out = run("render", str(EXAMPLES / "seed000-router-vm.yaml"), "--backend",
+                    "iptables", "--json")
     doc = json.loads(out)
     assert [p["title"] for p in doc["parts"]][1] == "iptables-restore --noflush"
     assert doc["counts"]["rules"] > 0

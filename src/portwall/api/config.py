@@ -11,7 +11,7 @@ tokens = ["demo-secret"]
 
 [agent]
 host = "compute1"
-backend = "iptables"
+backend = "nftables"            # or iptables, ovs (default: portwall.backends.DEFAULT)
 netns = "pw-host"              # namespace to enforce in (default: the agent's own)
 resync_interval = 30
 metrics_port = 9697

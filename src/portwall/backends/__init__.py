@@ -25,8 +25,9 @@ REGISTRY: dict[str, str] = {
     "ovs": "portwall.backends.ovs",
 }
 
-#: The backend used when none is named.
-DEFAULT = "iptables"
+#: The backend used when none is named: the one place every default (CLI flags, the
+#: agent, the lab, ``render``) derives from. ``--backend iptables`` still selects iptables.
+DEFAULT = "nftables"
 
 
 class UnknownBackend(ValueError):

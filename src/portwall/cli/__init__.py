@@ -25,7 +25,7 @@ def main() -> None:
     The pipeline every command shares:
       model (your topology file, validated like Neutron's API)
         -> compile (a per-host plan: ports, address sets, ordered rules)
-        -> render (iptables+ipset today)
+        -> render (a backend: nftables by default, iptables, ovs)
         -> apply (atomic, incremental, only what portwall owns)
     trace and audit evaluate the same plan the renderers consume.
 

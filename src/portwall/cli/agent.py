@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from portwall import backends
 from portwall.cli.common import fail
 
 
@@ -19,7 +20,7 @@ from portwall.cli.common import fail
               help="Admin token for --server (also PORTWALL_ADMIN_TOKEN).")
 @click.option("--db", default=None, help="Or read the store directly: sqlite:///..., postgresql://... or "
               "etcd://H:P[,H:P...] (this host's view only).")
-@click.option("--backend", default=None, help="Dataplane backend [default: iptables].")
+@click.option("--backend", default=None, help=f"Dataplane backend [default: {backends.DEFAULT}].")
 @click.option("--netns", default=None, help="Network namespace to enforce in [default: own].")
 @click.option("--resync-interval", type=float, default=None,
               help="Seconds between drift checks [default: 30].")

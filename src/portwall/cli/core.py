@@ -153,25 +153,27 @@ def legend(topo: Topology, sections: list[tuple[str, str]]) -> list[str]:
 @click.command("render")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--host", default=None, help="Only ports bound to this binding:host_id.")
-@click.option("--backend", default="iptables", show_default=True,
-              help="Dataplane to render for (see `portwall render --help`).")
+@click.option("--backend", default=backends.DEFAULT, show_default=True,
+              help=f"Dataplane to render for ({', '.join(backends.names())}).")
 @click.option("--part", "parts", multiple=True, metavar="TITLE",
               help="Only the parts whose title contains TITLE (e.g. ip6tables, ipset); the "
                    "text is printed bare, ready to pipe into its command.")
-@click.option("--ipv6", is_flag=True, help="Same as --part ip6tables.")
+@click.option("--ipv6", is_flag=True, help="Same as --part ip6tables (--backend iptables).")
 @click.option("--json", "as_json", is_flag=True, help="Parts as [{title, text}] and counts.")
 def render_cmd(file: str, host: str | None, backend: str, parts: tuple[str, ...], ipv6: bool,
                as_json: bool) -> None:
     """Print what portwall would load for FILE, without touching the kernel.
 
-    The output is one part per kernel command (ipset, iptables, ip6tables for the iptables
-    backend), each titled with the command that loads it safely; the same file always
-    renders byte-identically. Rule comments name the security group rule or port behind
-    each rule.
+    The output is one part per kernel command (one nft -f file for the nftables backend,
+    the default; ipset, iptables, ip6tables for --backend iptables), each titled with the
+    command that loads it safely; the same file always renders byte-identically. Rule
+    comments name the security group rule or port behind each rule.
 
     \b
     Example (into a namespace you own, never the host's):
-      portwall render topo.yaml --part iptables-restore | ip netns exec NS iptables-restore --noflush
+      portwall render topo.yaml --part "nft -f" | ip netns exec NS nft -f -
+      portwall render topo.yaml --backend iptables --part iptables-restore | \\
+        ip netns exec NS iptables-restore --noflush
     """
 
     try:

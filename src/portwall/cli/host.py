@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import click
 
+from portwall import backends
 from portwall.backends.base import Backend
 from portwall.cli.common import echo_json, fail, load_or_exit, wrap
 from portwall.ir import compile_plan
 
 
 def _backend(name: str) -> Backend:
-    from portwall import backends
-
     try:
         return backends.get(name)
     except backends.UnknownBackend as e:
@@ -32,13 +31,15 @@ def _require_ns(netns: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--netns", "netns", required=True, metavar="NS",
               help="Network namespace to enforce the policy in (required).")
-@click.option("--backend", default="iptables", show_default=True, help="Dataplane backend.")
+@click.option("--backend", default=backends.DEFAULT, show_default=True,
+              help=f"Dataplane backend ({', '.join(backends.names())}).")
 @click.option("--host", default=None, help="Only ports bound to this binding:host_id.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 def apply_cmd(file: str, netns: str, backend: str, host: str | None, as_json: bool) -> None:
     """Enforce FILE's policy in network namespace NS, atomically and incrementally.
 
-    Only portwall's own objects are written (chains and sets named pw-..., one jump at the
+    Only portwall's own objects are written (nftables, the default: its own tables inet
+    portwall and bridge portwall; iptables: chains and sets named pw-..., one jump at the
     top of INPUT, FORWARD and raw PREROUTING); other rules in the namespace (docker's,
     libvirt's, yours) are kept. Running it again with a changed file writes only what
     differs and cuts connections the new policy no longer allows.
@@ -77,11 +78,12 @@ def apply_cmd(file: str, netns: str, backend: str, host: str | None, as_json: bo
 @click.command("remove")
 @click.option("--netns", "netns", required=True, metavar="NS",
               help="Network namespace to remove portwall from (required).")
-@click.option("--backend", default="iptables", show_default=True, help="Dataplane backend.")
+@click.option("--backend", default=backends.DEFAULT, show_default=True,
+              help=f"Dataplane backend ({', '.join(backends.names())}).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 def remove_cmd(netns: str, backend: str, as_json: bool) -> None:
-    """Remove everything portwall owns in namespace NS (its pw- chains, hook jumps and
-    sets, the host-NAT guard pwguard-nat), and nothing else."""
+    """Remove everything portwall owns in namespace NS (nftables: its tables; iptables: its
+    pw- chains, hook jumps and sets; the host-NAT guard pwguard-nat), and nothing else."""
     be = _backend(backend)
     _require_ns(netns)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from portwall import backends
 from portwall.cli.common import fail
 
 
@@ -18,7 +19,7 @@ from portwall.cli.common import fail
               help="Token that acts as admin (also PORTWALL_ADMIN_TOKEN).")
 @click.option("--with-agent", is_flag=True, help="Also run this host's agent in-process.")
 @click.option("--host", "agent_host", default=None, help="Agent: this host's binding:host_id.")
-@click.option("--backend", default=None, help="Agent: dataplane backend [default: iptables].")
+@click.option("--backend", default=None, help=f"Agent: dataplane backend [default: {backends.DEFAULT}].")
 @click.option("--netns", default=None, help="Agent: namespace to enforce in.")
 def server_cmd(config_file: str | None, port: int | None, bind: str | None, db: str | None,
                admin_token: str | None, with_agent: bool, agent_host: str | None,

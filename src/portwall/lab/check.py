@@ -18,7 +18,15 @@ from dataclasses import dataclass
 
 from portwall.analyze.trace import Tracer
 from portwall.ir import compile_plan
-from portwall.lab.evidence import CounterKey, Verdict, evaluate, read_counters, waves
+from portwall.lab.evidence import (
+    CounterKey,
+    Verdict,
+    counts,
+    evaluate,
+    places,
+    read_counters,
+    waves,
+)
 from portwall.lab.outside import outside_vm
 from portwall.lab.sandbox import Sandbox
 from portwall.lab.state import LabError, VMState
@@ -116,9 +124,9 @@ def run_checks(box: Sandbox, expects: Sequence[Expect],
     counted = {(k[0], k[1]) for k in keys if k is not None and _countable(box, k)}
     with listeners(box, wants), ThreadPoolExecutor(max_workers=16) as pool:
         for wave in waves(keys):
-            before = read_counters(counted) if counted else {}
+            before = read_counters(counted, box.state.backend) if counted else {}
             raw = list(pool.map(one, wave))
-            after = read_counters(counted) if counted else {}
+            after = read_counters(counted, box.state.backend) if counted else {}
             for i, observed, detail, secs in raw:
                 e, (target, owner) = expects[i], targets[i]
                 obs, why = _classify(box, observed, detail, verdicts[i], before, after)
@@ -127,7 +135,7 @@ def run_checks(box: Sandbox, expects: Sequence[Expect],
 
 
 def _countable(box: Sandbox, key: CounterKey) -> bool:
-    return key[0] not in box.host_namespaces() or box.state.backend == "iptables"
+    return key[0] not in box.host_namespaces() or counts(box.state.backend)
 
 
 def _verdicts(box: Sandbox, expects: Sequence[Expect], targets: list[tuple[str, str | None]],
@@ -139,7 +147,8 @@ def _verdicts(box: Sandbox, expects: Sequence[Expect], targets: list[tuple[str, 
         return [None] * len(expects)
     tracer = Tracer.for_topology(topo, compile_plan(topo.model))
     port_ns = box.port_namespaces()
-    return [evaluate(topo, tracer, e, t, box.host_ns, box.state.routers, port_ns)
+    where = places(box.state.backend)
+    return [evaluate(topo, tracer, e, t, box.host_ns, box.state.routers, port_ns, where)
             for e, (t, _) in zip(expects, targets, strict=True)]
 
 

@@ -242,13 +242,15 @@ def sync_routers(box: Sandbox, topo: Topology, plan: HostPlan, report: LabReport
 
 
 def program_router(ns: str, plan: HostPlan, r: RouterPlan, report: LabReport | None,
-                   backend: str = "iptables") -> int:
-    """Render and apply one router's NAT/FWaaS rules; cut what they no longer allow.
-    Returns how many connections were cut."""
+                   backend: str | None = None) -> int:
+    """Render and apply one router's NAT/FWaaS rules with ``backend``'s L3 (the default
+    backend's when None); cut what they no longer allow. Returns how many connections
+    were cut."""
+    from portwall import backends
     from portwall.analyze.l3eval import route_packet
     from portwall.backends.iptables.l3 import RouterCt
 
-    renderer, applier = _l3_parts(backend, ns)
+    renderer, applier = _l3_parts(backend or backends.DEFAULT, ns)
     rs = renderer.render([r])[r.id]
     res = applier.apply(rs)  # type: ignore[arg-type]  # each applier takes its renderer's
 

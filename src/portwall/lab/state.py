@@ -74,7 +74,9 @@ class SandboxState(BaseModel):
     id: str
     topology: str
     host_netns: str
-    backend: str = "iptables"  # the dataplane backend enforcing this sandbox (by name)
+    #: the dataplane backend enforcing this sandbox (by name; always written by ``up``: a
+    #: state file without it is from before backends had names, when all were iptables)
+    backend: str = "iptables"
     namespaces: list[str] = Field(default_factory=list)
     bridges: list[str] = Field(default_factory=list)
     vms: dict[str, VMState] = Field(default_factory=dict)

@@ -3,7 +3,7 @@
 1. know the kernel: the objects of the last successful apply while the nf_tables
    generation proves nobody wrote since, else a fresh ``nft -j list table`` of both tables;
 2. diff: sets/maps by element (unchanged sets are the very objects applied last time and
-   are skipped by identity), chains by their rules (kernel chains by their rule comments);
+   are skipped by identity), chains by their rules (kernel chains by their rule comments and counters);
 3. write the difference as one batch through libnftables (all or nothing: a refused batch
    leaves the previous state enforced, and the error names the rule and its origin);
 4. cut conntrack entries the new plan no longer allows (:mod:`portwall.kernel.conntrack`)
@@ -133,7 +133,7 @@ class NftApplier:
             elif isinstance(have_c, NftChain):
                 if have_c is not c and have_c.rules != c.rules:
                     rewrite.append(c)
-            elif have_c != c.tags():
+            elif have_c != c.signature():
                 rewrite.append(c)
         for key in kchains.keys() - ruleset.chains.keys():
             drop_chains.append(NftChain(key[0], key[1], ()))
@@ -243,7 +243,7 @@ class NftApplier:
             tags = state.chains.get(key)
             if tags is None:
                 out.append(f"{key[0]} chain {key[1]} missing")
-            elif tags != c.tags():
+            elif tags != c.signature():
                 out.append(f"{key[0]} chain {key[1]} modified ({len(tags)} rules, "
                            f"{len(c.rules)} expected)")
         for key in sorted(state.chains.keys() - ruleset.chains.keys()):

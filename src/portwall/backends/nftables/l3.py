@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from portwall.backends.base import RouterRenderCache
+from portwall.backends.nftables import counters
+from portwall.backends.nftables.counters import Counters
 from portwall.backends.nftables.notes import fip_note, fw_chain, fw_rule_note
 from portwall.backends.nftables.notes import fw_group_note as group_note
 from portwall.backends.nftables.spell import comment, match_variants, quote
@@ -177,41 +179,16 @@ class NftL3Renderer(RouterRenderCache[NftL3Ruleset]):
 
 
 # ------------------------------------------------------------------ counters
-def _families(expr: list[dict[str, Any]]) -> tuple[int, ...]:
-    for e in expr:
-        m = e.get("match")
-        if m and m.get("left", {}).get("meta", {}).get("key") == "nfproto":
-            return (4,) if m.get("right") == "ipv4" else (6,)
-        if m and "payload" in m.get("left", {}):
-            proto = m["left"]["payload"].get("protocol")
-            if proto in ("ip", "ip6"):
-                return (4,) if proto == "ip" else (6,)
-    return (4, 6)
-
-
-def parse_counters(listing: str) -> dict[tuple[int, str, str], int]:
+def parse_counters(listing: str) -> Counters:
     """(family, chain, rid) -> packets, from ``nft -j list table inet portwall_l3``."""
-    out: dict[tuple[int, str, str], int] = {}
     try:
         items = json.loads(listing).get("nftables", [])
     except ValueError:
-        return out
-    for item in items:
-        rule = item.get("rule")
-        if not rule or not rule.get("comment"):
-            continue
-        rid = str(rule["comment"]).split(" ", 1)[0]
-        packets = sum(int(e["counter"].get("packets", 0)) for e in rule.get("expr", [])
-                      if isinstance(e, dict) and isinstance(e.get("counter"), dict))
-        for fam in _families(rule.get("expr", [])):
-            key = (fam, str(rule["chain"]), rid)
-            out[key] = out.get(key, 0) + packets
-    return out
+        return {}
+    return counters.parse_counters(items)
 
 
-def read_counters(netns: str) -> dict[tuple[int, str, str], int]:
-    """The packet counters of portwall's router table in ``netns`` (empty without it)."""
-    from portwall.lab import netns as lab_netns
-
-    proc = lab_netns.run(netns, ["nft", "-j", "list", "table", FAMILY, TABLE], check=False)
-    return parse_counters(proc.stdout) if proc.returncode == 0 else {}
+def read_counters(netns: str) -> Counters:
+    """The packet counters of portwall's router table in ``netns`` (empty without it),
+    read in-process through libnftables."""
+    return counters.read_counters(netns, ((FAMILY, TABLE),))

@@ -90,13 +90,13 @@ BASE_CHAINS: tuple[NftChain, ...] = (
         f"iifname . ether saddr . arp saddr ether . arp saddr ip @arp_n return "
         f"{_c('pw-arp-pair')}",
         f"iifname . ether saddr . arp saddr ether @arp_m return {_c('pw-arp-mac-only')}",
-        f"drop {_c('pw-arp-spoof-drop')}",
+        f"counter drop {_c('pw-arp-spoof-drop')}",
     )),
     NftChain(BRIDGE, "nd_check", (
         f"iifname . ether saddr . @th,64,128 @nd_h return {_c('pw-nd-ip')}",
         f"iifname . ether saddr . @th,64,128 @nd_n return {_c('pw-nd-pair')}",
         f"iifname . ether saddr @nd_m return {_c('pw-nd-mac-only')}",
-        f"drop {_c('pw-nd-spoof-drop')}",
+        f"counter drop {_c('pw-nd-spoof-drop')}",
     )),
     NftChain(BRIDGE, "forward", (
         f"meta mark set oifname map @ports accept {_c('pw-out-port')}",
@@ -118,6 +118,6 @@ BASE_CHAINS: tuple[NftChain, ...] = (
         f"meta mark . ether saddr . ip6 saddr @sp6h return {_c('pw-spoof-ip6')}",
         f"meta mark . ether saddr . ip6 saddr @sp6n return {_c('pw-spoof-pair6')}",
         f"meta nfproto ipv6 meta mark . ether saddr @sp6m return {_c('pw-spoof-mac-only6')}",
-        f"drop {_c('pw-spoof-drop')}",
+        f"counter drop {_c('pw-spoof-drop')}",
     )),
 )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portwall.backends.nftables.spell import quote
-from portwall.backends.nftables.types import TABLE, SetKey
+from portwall.backends.nftables.types import COUNTED, TABLE, SetKey
 
 
 @dataclass
@@ -21,7 +21,9 @@ class KernelSet:
 class KernelState:
     tables: set[str] = field(default_factory=set)
     sets: dict[SetKey, KernelSet] = field(default_factory=dict)
-    chains: dict[SetKey, tuple[str, ...]] = field(default_factory=dict)  # rule tags
+    #: chain -> its rules' tags (comment, plus COUNTED when the rule counts):
+    #: :meth:`.types.NftChain.signature`
+    chains: dict[SetKey, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _ip6(text: str) -> str:
@@ -92,4 +94,7 @@ def parse(items: list[dict[str, Any]] | None, family: str, state: KernelState) -
         r = item.get("rule")
         if r is not None and r.get("table") == TABLE:
             key = (family, r["chain"])
-            state.chains[key] = (*state.chains.get(key, ()), str(r.get("comment", "")))
+            tag = str(r.get("comment", ""))
+            if any(isinstance(e, dict) and "counter" in e for e in r.get("expr", ())):
+                tag += COUNTED
+            state.chains[key] = (*state.chains.get(key, ()), tag)

@@ -15,6 +15,9 @@ TABLE = "portwall"
 SetKey = tuple[str, str]  # (family, name)
 
 _COMMENT = re.compile(r'comment "([^"]*)"$')
+#: appended to a rule's tag when the rule carries a ``counter`` (a quote never occurs in a
+#: comment), so a kernel rule without its counter differs from the rendered one
+COUNTED = '"counter'
 
 
 class Counted:
@@ -127,11 +130,23 @@ class NftChain:
         return (self.family, self.name)
 
     def tags(self) -> tuple[str, ...]:
-        """Each rule's comment: what the kernel listing is compared by."""
+        """Each rule's comment."""
         out = []
         for r in self.rules:
             m = _COMMENT.search(r)
             out.append(m.group(1) if m else "")
+        return tuple(out)
+
+    def signature(self) -> tuple[str, ...]:
+        """What a kernel chain is compared by (:attr:`.state.KernelState.chains`): each
+        rule's comment, plus :data:`COUNTED` when the rule counts."""
+        out = []
+        for r in self.rules:
+            m = _COMMENT.search(r)
+            tag = m.group(1) if m else ""
+            if " counter " in (r[:m.start()] if m else r) or r.startswith("counter "):
+                tag += COUNTED
+            out.append(tag)
         return tuple(out)
 
 

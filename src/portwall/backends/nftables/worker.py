@@ -76,9 +76,19 @@ class NftWorker:
         """One ``nft -f`` batch: one transaction, all or nothing."""
         return self.call(lambda: self._cmd(text, False))
 
-    def list_json(self, what: str) -> list[dict[str, Any]] | None:
-        """``nft -j list <what>`` objects, or None when it does not exist."""
-        rc, out, _err = self.call(lambda: self._cmd(f"list {what}", True))
+    def list_json(self, what: str, stateful: bool = False) -> list[dict[str, Any]] | None:
+        """``nft -j list <what>`` objects, or None when it does not exist; ``stateful``
+        includes counter values (a rule's ``counter`` is ``null`` otherwise)."""
+        def listing() -> tuple[int, str, str]:
+            if not stateful:
+                return self._cmd(f"list {what}", True)
+            self._nft.set_stateless_output(False)
+            try:
+                return self._cmd(f"list {what}", True)
+            finally:
+                self._nft.set_stateless_output(True)
+
+        rc, out, _err = self.call(listing)
         if rc != 0:
             return None
         items: list[dict[str, Any]] = json.loads(out).get("nftables", [])
