@@ -115,7 +115,20 @@ def _ct_state(text: str) -> tuple[int, int]:
     return (value, mask)
 
 
+#: one action: a name, then parenthesised groups without nesting and more of the name
+_ACTION_TOKEN = re.compile(r"[^,()]+(?:\([^()]*\)[^,()]*)*")
+
+
 def _split_actions(text: str) -> list[str]:
+    """Top-level comma-separated actions. One regex pass; a flood flow has two thousand
+    actions, which a character loop took ~5 ms to split on every port added."""
+    tokens = _ACTION_TOKEN.findall(text)
+    if ",".join(tokens) == text:  # no nesting, no empty or trailing action
+        return tokens
+    return _split_actions_slow(text)
+
+
+def _split_actions_slow(text: str) -> list[str]:
     out, depth, cur = [], 0, ""
     for ch in text:
         if ch == "," and depth == 0:

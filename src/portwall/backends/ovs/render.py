@@ -411,9 +411,10 @@ class OvsRenderer:
         self._ports: dict[int, tuple[PortPlan, Owner]] = {}
         self._rulesets: dict[int, _RsOut] = {}
         self._sets_key: dict[str, int] = {}
-        # set id -> (its AddressSet, the conjunctions using it, its ((table, match), conj))
+        # set id -> (its AddressSet, the conjunctions using it, its addresses: how many
+        # members put each one in the set)
         self._contrib: dict[str, tuple[AddressSet, tuple[tuple[int, int, bool], ...],
-                                       frozenset[IPNetwork]]] = {}
+                                       dict[IPNetwork, int]]] = {}
         self._acc: dict[tuple[int, str], dict[tuple[int, str], int]] = {}  # -> (conj, set): n
         self._mowners: dict[tuple[int, str], Owner] = {}
         self._floods: dict[int, tuple[tuple[str, ...], str, Owner]] = {}
@@ -467,8 +468,9 @@ class OvsRenderer:
 
         Incremental: each address set's contribution is kept (keyed by the AddressSet
         object and the conjunctions that use it) and only the addresses of a set that
-        changed are re-counted and re-rendered, so one member more costs O(1) flows and
-        O(that set) work, not O(all members)."""
+        changed are re-counted and re-rendered, so one member more costs O(1) flows and,
+        with the compiler's :class:`SetDelta`, O(1) work (O(that set) without one), not
+        O(all members)."""
         users: dict[str, set[tuple[int, int, bool]]] = {}  # set id -> (table, conj, is src)
         for out in self._rulesets.values():
             ingress = out.rs.direction == "ingress"
@@ -485,16 +487,27 @@ class OvsRenderer:
             hit = self._contrib.get(sid)
             if hit is not None and hit[0] is aset and hit[1] == ident:
                 continue
-            cidrs = frozenset(m.cidr for m in aset.members)
+            moved = self._moved(hit, aset) if hit is not None and hit[1] == ident else None
+            if moved is not None:
+                # the compiler's delta from the set rendered last: O(change), where
+                # hashing a thousand members' networks again cost a millisecond
+                now, gone, came = moved
+                changed |= self._count(sid, ident, gone, -1)
+                changed |= self._count(sid, ident, came, +1)
+                self._contrib[sid] = (aset, ident, now)
+                continue
+            counts: dict[IPNetwork, int] = {}
+            for mem in aset.members:
+                counts[mem.cidr] = counts.get(mem.cidr, 0) + 1
             if hit is not None and hit[1] == ident:  # same users: only the members moved
                 old = hit[2]
-                changed |= self._count(sid, ident, old - cidrs, -1)
-                changed |= self._count(sid, ident, cidrs - old, +1)
+                changed |= self._count(sid, ident, [c for c in old if c not in counts], -1)
+                changed |= self._count(sid, ident, [c for c in counts if c not in old], +1)
             else:
                 if hit is not None:
                     changed |= self._count(sid, hit[1], hit[2], -1)
-                changed |= self._count(sid, ident, cidrs, +1)
-            self._contrib[sid] = (aset, ident, cidrs)
+                changed |= self._count(sid, ident, counts, +1)
+            self._contrib[sid] = (aset, ident, counts)
         for key in changed:
             cnt = self._acc.get(key)
             if not cnt:
@@ -513,6 +526,31 @@ class OvsRenderer:
                                        {cookie | 1: rid}, {rid: origin})
         for o in self._mowners.values():
             self._put(owners, o)
+
+    @staticmethod
+    def _moved(hit: tuple[AddressSet, object, dict[IPNetwork, int]], aset: AddressSet
+               ) -> tuple[dict[IPNetwork, int], list[IPNetwork], list[IPNetwork]] | None:
+        """With the compiler's delta from ``hit``'s set (the one rendered last, its address
+        counts): the new counts and the addresses that left and came; None without a
+        usable delta."""
+        delta = aset.delta
+        if delta is None or delta.base is not hit[0]:
+            return None
+        counts = dict(hit[2])  # copies the stored hashes, computes none
+        touched = {m.cidr for m in (*delta.removed, *delta.added)}
+        before = {c for c in touched if c in counts}
+        for m in delta.removed:
+            n = counts.get(m.cidr, 0) - 1
+            if n < 0:
+                return None  # not the members counted: recount
+            if n:
+                counts[m.cidr] = n
+            else:
+                del counts[m.cidr]
+        for m in delta.added:
+            counts[m.cidr] = counts.get(m.cidr, 0) + 1
+        after = {c for c in touched if c in counts}
+        return counts, sorted(before - after, key=str), sorted(after - before, key=str)
 
     def _count(self, sid: str, uses: tuple[tuple[int, int, bool], ...],
                cidrs: Iterable[IPNetwork], delta: int) -> set[tuple[int, str]]:
