@@ -9,6 +9,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -117,3 +118,41 @@ def test_the_ovs_ofctl_fallback_writes_the_same_bundles(bridge: str) -> None:
                                   "actions=ct(commit,zone=1)"])
     assert e.value.rolled_back
     assert [ln.sign for ln in ctl.diff(flows)] == ["+"]  # nothing of the refused bundle
+
+
+def test_port_numbers_read_from_raw_rows_equal_the_attribute_walk(
+        make_netns: Callable[[str], str]) -> None:
+    """OVSDB port numbers are read from the rows' server data (fast); the same as through
+    the IDL's row attributes, per bridge, and a deleted port is gone."""
+    from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb
+
+    ns = make_netns("pwt-ofports")
+    try:
+        daemon.start(ns)
+        with Ovsdb(ns) as db:
+            with db.api.transaction(check_error=True) as txn:
+                txn.add(db.api.add_br("br-other", datapath_type="netdev"))
+                for i in range(6):
+                    txn.add(db.api.add_port(BRIDGE if i % 3 else "br-other", f"pwp{i}",
+                                            type="patch", options={"peer": f"nope{i}"}))
+
+            def walk(bridge: str) -> dict[str, int]:
+                return {i.name: int(i.ofport[0]) for b in db._rows("Bridge") if b.name == bridge
+                        for p in b.ports for i in p.interfaces if i.ofport and i.ofport[0] > 0}
+
+            for _ in range(200):
+                if {"pwp1", "pwp2", "pwp4", "pwp5"} <= set(db.ofports()):
+                    break
+                time.sleep(0.05)
+            assert {"pwp1", "pwp2", "pwp4", "pwp5"} <= set(db.ofports())
+            assert not {"pwp0", "pwp3"} & set(db.ofports())
+            for bridge in (BRIDGE, "br-other"):
+                assert db._ofports_raw(bridge) == walk(bridge) == db.ofports(bridge)
+            db.del_port("pwp4")
+            for _ in range(200):
+                if "pwp4" not in db.ofports():
+                    break
+                time.sleep(0.05)
+            assert "pwp4" not in db.ofports() and db.ofports() == walk(BRIDGE)
+    finally:
+        daemon.stop(ns)
