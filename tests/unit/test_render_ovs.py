@@ -211,3 +211,21 @@ def test_arp_and_na_guard_flows() -> None:
     assert f"in_port={{{p.device}}},arp actions=drop" in text
     assert f"in_port={{{p.device}}},icmp6,icmp_type=136 actions=drop" in text
     assert ipaddress.ip_address(a)
+
+
+def test_the_warnings_the_renderer_lists_are_every_owners_warnings() -> None:
+    """A rule on ports of a protocol OpenFlow cannot match ports for (dccp) warns; the
+    renderer's list of warned owners gives the same warnings as asking every owner."""
+    rules = [{"direction": d, "ethertype": "IPv4", "protocol": "dccp", "port_range_min": 80,
+              "port_range_max": 80} for d in ("ingress", "egress")]
+    doc = {"project": "p", "networks": [{"name": "n", "subnets": [{"name": "s",
+                                                                     "cidr": "10.8.0.0/16"}]}],
+           "security_groups": [{"name": "odd", "security_group_rules": rules}],
+           "ports": [{"name": f"p{i}", "network_id": "n", "fixed_ips": [f"10.8.0.{i + 2}"],
+                      "security_groups": ["odd"]} for i in range(3)]}
+    model = loads_topology(yaml.safe_dump(doc), "<t>").model
+    comp, rend = PlanCompiler(), OvsRenderer()
+    for _ in range(2):  # a fresh render, then one from the caches
+        rs = rend.render(comp.compile(model))
+        every = [w for o in rs.owners.values() for w in o.warnings]
+        assert every and rs.warned is not None and rs.warnings() == every

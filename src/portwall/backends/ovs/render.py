@@ -23,6 +23,7 @@ changed parts plus assembling the member and flood flows.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -72,6 +73,9 @@ class OvsRuleset:
     owners: dict[int, Owner]
     bridge: str = "br-int"
     backend: str = "ovs"
+    #: the cookies of the owners with warnings, when the renderer knows them (so that
+    #: :meth:`warnings` need not look at every owner)
+    warned: tuple[int, ...] | None = None
 
     def provenance(self) -> dict[str, Origin]:
         out: dict[str, Origin] = {}
@@ -94,6 +98,8 @@ class OvsRuleset:
         return [f for o in self.owners.values() for f in o.flows]
 
     def warnings(self) -> list[str]:
+        if self.warned is not None:
+            return [w for c in self.warned for w in self.owners[c].warnings]
         return [w for o in self.owners.values() for w in o.warnings]
 
     def counts(self) -> dict[str, int]:
@@ -419,6 +425,13 @@ class OvsRenderer:
         self._mowners: dict[tuple[int, str], Owner] = {}
         self._floods: dict[int, tuple[tuple[str, ...], str, Owner]] = {}
         self._base = base_owner()
+        # cookie -> owner of the ports, member flows and floods, kept between renders: a
+        # change adds them to the ruleset with one dict update, not one call per owner
+        self._port_map: dict[int, Owner] = {}
+        self._member_map: dict[int, Owner] = {}
+        self._flood_map: dict[int, Owner] = {}
+        self._last_ports: tuple[PortPlan, ...] | None = None
+        self._port_warned: list[int] = []
 
     def render(self, plan: HostPlan) -> OvsRuleset:
         with cached_build(self._reset):
@@ -427,16 +440,45 @@ class OvsRenderer:
     def _render(self, plan: HostPlan) -> OvsRuleset:
         owners: dict[int, Owner] = {self._base.cookie: self._base}
         self._add_rulesets(plan, owners)
-        self._add_ports(plan, owners)
-        self._add_members(plan, owners)
-        self._add_floods(plan, owners)
-        return OvsRuleset(owners, self.bridge)
+        # the very same port plans as last time (a member or a rule changed): the ports'
+        # and the floods' owners are the last ones; checked by identity at C speed
+        last, ports = self._last_ports, plan.ports
+        same = last is not None and (last is ports or (
+            len(last) == len(ports) and all(map(operator.is_, last, ports))))
+        if not same:
+            self._add_ports(plan)
+        self._put_all(owners, self._port_map)
+        self._add_members(plan)
+        self._put_all(owners, self._member_map)
+        if not same:
+            self._add_floods(plan)
+        self._put_all(owners, self._flood_map)
+        self._last_ports = ports
+        # in the owners' order; the base, member and flood owners have no warnings
+        warned = (*(r.owner.cookie for r in self._rulesets.values() if r.owner.warnings),
+                  *self._port_warned)
+        return OvsRuleset(owners, self.bridge, warned=warned)
 
     @staticmethod
     def _put(owners: dict[int, Owner], o: Owner) -> None:
         if o.cookie in owners:
             raise RenderError(f"cookie clash between {owners[o.cookie].label} and {o.label}")
         owners[o.cookie] = o
+
+    @staticmethod
+    def _put_all(owners: dict[int, Owner], more: dict[int, Owner]) -> None:
+        if not owners.keys().isdisjoint(more):
+            c = next(c for c in more if c in owners)
+            raise RenderError(f"cookie clash between {owners[c].label} and {more[c].label}")
+        owners.update(more)
+
+    @staticmethod
+    def _map(items: Iterable[Owner]) -> dict[int, Owner]:
+        """cookie -> owner; RenderError if two owners share a cookie."""
+        out: dict[int, Owner] = {}
+        for o in items:
+            OvsRenderer._put(out, o)
+        return out
 
     def _add_rulesets(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
         # a rule set's flows depend on whether its sets are empty: key on set identity too
@@ -454,15 +496,16 @@ class OvsRenderer:
             self._rulesets[id(rs)] = out
             self._put(owners, out.owner)
 
-    def _add_ports(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
+    def _add_ports(self, plan: HostPlan) -> None:
         old, self._ports = self._ports, {}
         for p in plan.ports:
             hit = old.get(id(p))
             owner = hit[1] if hit is not None else _PortFlows(p).build()
             self._ports[id(p)] = (p, owner)
-            self._put(owners, owner)
+        self._port_map = self._map(o for _p, o in self._ports.values())
+        self._port_warned = [c for c, o in self._port_map.items() if o.warnings]
 
-    def _add_members(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
+    def _add_members(self, plan: HostPlan) -> None:
         """One flow per (direction table, member address): the conjunction clauses 2/2 of
         every (rule set, address set) pair whose set holds that address.
 
@@ -510,22 +553,26 @@ class OvsRenderer:
             self._contrib[sid] = (aset, ident, counts)
         for key in changed:
             cnt = self._acc.get(key)
-            if not cnt:
-                self._acc.pop(key, None)
-                self._mowners.pop(key, None)
-                continue
             table, m = key
             cookie = F.owner_cookie(F.KIND_MEMBER, f"{table}:{m}")
+            if not cnt:
+                self._acc.pop(key, None)
+                if self._mowners.pop(key, None) is not None:
+                    self._member_map.pop(cookie, None)
+                continue
             a = ",".join(f"conjunction({c},2/2)" for c in sorted({c for c, _ in cnt}))
             rid = f"member-{m.split('=')[-1] if '=' in m else 'any'}"
             srcs = sorted({sid for _, sid in cnt})
             origin = Origin(OriginKind.GROUP, "address_set", srcs[0], ", ".join(srcs),
                             f"remote-group member {m}")
-            self._mowners[key] = Owner(cookie, f"member {m} of {', '.join(srcs)}",
-                                       (Flow(table, F.RULE_PRIORITY, m, a, cookie | 1),),
-                                       {cookie | 1: rid}, {rid: origin})
-        for o in self._mowners.values():
-            self._put(owners, o)
+            o = Owner(cookie, f"member {m} of {', '.join(srcs)}",
+                      (Flow(table, F.RULE_PRIORITY, m, a, cookie | 1),), {cookie | 1: rid},
+                      {rid: origin})
+            was = self._mowners.get(key)
+            if was is None and cookie in self._member_map:
+                raise RenderError(f"cookie clash between {self._member_map[cookie].label} "
+                                  f"and {o.label}")
+            self._mowners[key] = self._member_map[cookie] = o
 
     @staticmethod
     def _moved(hit: tuple[AddressSet, object, dict[IPNetwork, int]], aset: AddressSet
@@ -572,7 +619,7 @@ class OvsRenderer:
                 keys.add(key)
         return keys
 
-    def _add_floods(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
+    def _add_floods(self, plan: HostPlan) -> None:
         """One flood flow per network; the same Owner object while the network's devices
         stay the same (its text is O(ports), and an unchanged object is what lets the
         applier skip resolving it again)."""
@@ -585,7 +632,6 @@ class OvsRenderer:
             hit = old.get(zone)
             if hit is not None and hit[0] == devices and hit[1] == ports[0].network_id:
                 self._floods[zone] = hit
-                self._put(owners, hit[2])
                 continue
             cookie = F.owner_cookie(F.KIND_NET, f"zone:{zone}")
             acts = "".join(F.flood_action(d) for d in devices)
@@ -597,7 +643,7 @@ class OvsRenderer:
                 (Flow(F.T_FORWARD, 50, f"reg6={zone},dl_dst=01:00:00:00:00:00/01:00:00:00:00:00",
                       acts, cookie | 1),), {cookie | 1: rid}, {rid: origin})
             self._floods[zone] = (devices, ports[0].network_id, owner)
-            self._put(owners, owner)
+        self._flood_map = self._map(o for _d, _n, o in self._floods.values())
 
 
 def render_ovs(plan: HostPlan) -> OvsRuleset:
