@@ -266,7 +266,7 @@ def add_mod(text: str) -> tuple[bytes, FlowKey]:
     mbytes = struct.pack("!HH", ofp.OFPMT_OXM, mlen) + body + b"\0" * (-mlen % 8)
     inst = b""
     if acts != "drop":
-        abytes = b"".join(_action(t) for t in _split_actions(acts))
+        abytes = b"".join(map(_action, _split_actions(acts)))
         inst = struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(abytes)) + abytes
     length = _MOD.size + len(mbytes) + len(inst)
     head = _MOD.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, 0, cookie, 0, table,

@@ -473,11 +473,13 @@ class OvsRenderer:
         owners.update(more)
 
     @staticmethod
-    def _map(items: Iterable[Owner]) -> dict[int, Owner]:
+    def _map(items: list[Owner]) -> dict[int, Owner]:
         """cookie -> owner; RenderError if two owners share a cookie."""
-        out: dict[int, Owner] = {}
-        for o in items:
-            OvsRenderer._put(out, o)
+        out = {o.cookie: o for o in items}
+        if len(out) != len(items):
+            out = {}
+            for o in items:
+                OvsRenderer._put(out, o)  # raises at the clash
         return out
 
     def _add_rulesets(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
@@ -497,12 +499,9 @@ class OvsRenderer:
             self._put(owners, out.owner)
 
     def _add_ports(self, plan: HostPlan) -> None:
-        old, self._ports = self._ports, {}
-        for p in plan.ports:
-            hit = old.get(id(p))
-            owner = hit[1] if hit is not None else _PortFlows(p).build()
-            self._ports[id(p)] = (p, owner)
-        self._port_map = self._map(o for _p, o in self._ports.values())
+        old = self._ports
+        self._ports = {id(p): old.get(id(p)) or (p, _PortFlows(p).build()) for p in plan.ports}
+        self._port_map = self._map([o for _p, o in self._ports.values()])
         self._port_warned = [c for c, o in self._port_map.items() if o.warnings]
 
     def _add_members(self, plan: HostPlan) -> None:
@@ -634,7 +633,7 @@ class OvsRenderer:
                 self._floods[zone] = hit
                 continue
             cookie = F.owner_cookie(F.KIND_NET, f"zone:{zone}")
-            acts = "".join(F.flood_action(d) for d in devices)
+            acts = "".join(map(F.flood_action, devices))
             rid = f"flood-{ports[0].network_id}"
             origin = Origin(OriginKind.PROVIDER, "network", ports[0].network_id, "",
                             "broadcast and multicast to every port of the network")
@@ -643,7 +642,7 @@ class OvsRenderer:
                 (Flow(F.T_FORWARD, 50, f"reg6={zone},dl_dst=01:00:00:00:00:00/01:00:00:00:00:00",
                       acts, cookie | 1),), {cookie | 1: rid}, {rid: origin})
             self._floods[zone] = (devices, ports[0].network_id, owner)
-        self._flood_map = self._map(o for _d, _n, o in self._floods.values())
+        self._flood_map = self._map([o for _d, _n, o in self._floods.values()])
 
 
 def render_ovs(plan: HostPlan) -> OvsRuleset:
