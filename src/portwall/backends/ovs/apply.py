@@ -28,9 +28,10 @@ from typing import Any
 from portwall.backends.base import ApplyError, ApplyReport
 from portwall.backends.ovs import daemon
 from portwall.backends.ovs import flows as F
+from portwall.backends.ovs.flows import Owner
 from portwall.backends.ovs.ofconn import OFCTL, Transport, default_transport, flow_slot
 from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb, OvsError, mgmt, vswitchd_ctl
-from portwall.backends.ovs.render import OvsRuleset, Owner
+from portwall.backends.ovs.render import OvsRuleset
 from portwall.ir.types import HostPlan
 from portwall.kernel.conntrack import CtEntry, PlanVerdict
 

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from portwall.backends.ovs import flows as F
-from portwall.backends.ovs.flows import Flow, Unrenderable
+from portwall.backends.ovs.flows import Flow, Owner, RenderError, Unrenderable
+from portwall.backends.ovs.members import MemberFlows
 from portwall.bulk import cached_build
 from portwall.ir.types import (
     Action,
     AddressSet,
     HostPlan,
-    IPNetwork,
     Jump,
     Origin,
     OriginKind,
@@ -45,25 +45,6 @@ from portwall.ir.types import (
     SpoofCheck,
     Step,
 )
-
-
-class RenderError(ValueError):
-    """The plan cannot be expressed as flows (e.g. a port in more than 31 groups)."""
-
-
-@dataclass
-class Owner:
-    """The flows of one owner (a port, a rule set, a member address, a network)."""
-
-    cookie: int
-    label: str
-    flows: tuple[Flow, ...]
-    rids: dict[int, str] = field(default_factory=dict)  # flow cookie -> rid
-    origins: dict[str, Origin] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-    #: set by the applier: some flows name a device that is not on the bridge (so a cached
-    #: resolution of this owner must not be trusted)
-    flows_skipped: bool = False
 
 
 @dataclass
@@ -417,18 +398,12 @@ class OvsRenderer:
         self._ports: dict[int, tuple[PortPlan, Owner]] = {}
         self._rulesets: dict[int, _RsOut] = {}
         self._sets_key: dict[str, int] = {}
-        # set id -> (its AddressSet, the conjunctions using it, its addresses: how many
-        # members put each one in the set)
-        self._contrib: dict[str, tuple[AddressSet, tuple[tuple[int, int, bool], ...],
-                                       dict[IPNetwork, int]]] = {}
-        self._acc: dict[tuple[int, str], dict[tuple[int, str], int]] = {}  # -> (conj, set): n
-        self._mowners: dict[tuple[int, str], Owner] = {}
+        self._members = MemberFlows()
         self._floods: dict[int, tuple[tuple[str, ...], str, Owner]] = {}
         self._base = base_owner()
         # cookie -> owner of the ports, member flows and floods, kept between renders: a
         # change adds them to the ruleset with one dict update, not one call per owner
         self._port_map: dict[int, Owner] = {}
-        self._member_map: dict[int, Owner] = {}
         self._flood_map: dict[int, Owner] = {}
         self._last_ports: tuple[PortPlan, ...] | None = None
         self._port_warned: list[int] = []
@@ -449,7 +424,7 @@ class OvsRenderer:
             self._add_ports(plan)
         self._put_all(owners, self._port_map)
         self._add_members(plan)
-        self._put_all(owners, self._member_map)
+        self._put_all(owners, self._members.by_cookie)
         if not same:
             self._add_floods(plan)
         self._put_all(owners, self._flood_map)
@@ -512,111 +487,14 @@ class OvsRenderer:
         object and the conjunctions that use it) and only the addresses of a set that
         changed are re-counted and re-rendered, so one member more costs O(1) flows and,
         with the compiler's :class:`SetDelta`, O(1) work (O(that set) without one), not
-        O(all members)."""
+        O(all members): :class:`.members.MemberFlows`."""
         users: dict[str, set[tuple[int, int, bool]]] = {}  # set id -> (table, conj, is src)
         for out in self._rulesets.values():
             ingress = out.rs.direction == "ingress"
             table = F.T_INGRESS_RULES if ingress else F.T_EGRESS_RULES
             for sid, cid in out.conj.items():
                 users.setdefault(sid, set()).add((table, cid, ingress))
-        changed: set[tuple[int, str]] = set()
-        for sid in [s for s in self._contrib if s not in users]:
-            _aset, uses_, cidrs_ = self._contrib.pop(sid)
-            changed |= self._count(sid, uses_, cidrs_, -1)
-        for sid, uses in users.items():
-            aset = plan.address_sets[sid]
-            ident = tuple(sorted(uses))
-            hit = self._contrib.get(sid)
-            if hit is not None and hit[0] is aset and hit[1] == ident:
-                continue
-            moved = self._moved(hit, aset) if hit is not None and hit[1] == ident else None
-            if moved is not None:
-                # the compiler's delta from the set rendered last: O(change), where
-                # hashing a thousand members' networks again cost a millisecond
-                now, gone, came = moved
-                changed |= self._count(sid, ident, gone, -1)
-                changed |= self._count(sid, ident, came, +1)
-                self._contrib[sid] = (aset, ident, now)
-                continue
-            counts: dict[IPNetwork, int] = {}
-            for mem in aset.members:
-                counts[mem.cidr] = counts.get(mem.cidr, 0) + 1
-            if hit is not None and hit[1] == ident:  # same users: only the members moved
-                old = hit[2]
-                changed |= self._count(sid, ident, [c for c in old if c not in counts], -1)
-                changed |= self._count(sid, ident, [c for c in counts if c not in old], +1)
-            else:
-                if hit is not None:
-                    changed |= self._count(sid, hit[1], hit[2], -1)
-                changed |= self._count(sid, ident, counts, +1)
-            self._contrib[sid] = (aset, ident, counts)
-        for key in changed:
-            cnt = self._acc.get(key)
-            table, m = key
-            cookie = F.owner_cookie(F.KIND_MEMBER, f"{table}:{m}")
-            if not cnt:
-                self._acc.pop(key, None)
-                if self._mowners.pop(key, None) is not None:
-                    self._member_map.pop(cookie, None)
-                continue
-            a = ",".join(f"conjunction({c},2/2)" for c in sorted({c for c, _ in cnt}))
-            rid = f"member-{m.split('=')[-1] if '=' in m else 'any'}"
-            srcs = sorted({sid for _, sid in cnt})
-            origin = Origin(OriginKind.GROUP, "address_set", srcs[0], ", ".join(srcs),
-                            f"remote-group member {m}")
-            o = Owner(cookie, f"member {m} of {', '.join(srcs)}",
-                      (Flow(table, F.RULE_PRIORITY, m, a, cookie | 1),), {cookie | 1: rid},
-                      {rid: origin})
-            was = self._mowners.get(key)
-            if was is None and cookie in self._member_map:
-                raise RenderError(f"cookie clash between {self._member_map[cookie].label} "
-                                  f"and {o.label}")
-            self._mowners[key] = self._member_map[cookie] = o
-
-    @staticmethod
-    def _moved(hit: tuple[AddressSet, object, dict[IPNetwork, int]], aset: AddressSet
-               ) -> tuple[dict[IPNetwork, int], list[IPNetwork], list[IPNetwork]] | None:
-        """With the compiler's delta from ``hit``'s set (the one rendered last, its address
-        counts): the new counts and the addresses that left and came; None without a
-        usable delta."""
-        delta = aset.delta
-        if delta is None or delta.base is not hit[0]:
-            return None
-        counts = dict(hit[2])  # copies the stored hashes, computes none
-        touched = {m.cidr for m in (*delta.removed, *delta.added)}
-        before = {c for c in touched if c in counts}
-        for m in delta.removed:
-            n = counts.get(m.cidr, 0) - 1
-            if n < 0:
-                return None  # not the members counted: recount
-            if n:
-                counts[m.cidr] = n
-            else:
-                del counts[m.cidr]
-        for m in delta.added:
-            counts[m.cidr] = counts.get(m.cidr, 0) + 1
-        after = {c for c in touched if c in counts}
-        return counts, sorted(before - after, key=str), sorted(after - before, key=str)
-
-    def _count(self, sid: str, uses: tuple[tuple[int, int, bool], ...],
-               cidrs: Iterable[IPNetwork], delta: int) -> set[tuple[int, str]]:
-        """Add (+1) or remove (-1) the clauses ``sid`` puts on each address; the keys
-        (table, match) whose flow must be re-rendered."""
-        keys = set()
-        for c in cidrs:
-            fam = "ip" if c.version == 4 else "ipv6"
-            addr = F.net_text(c) if c.prefixlen else ""
-            for table, cid, is_src in uses:
-                fld = F.set_field(is_src, c.version)
-                key = (table, f"{fam},{fld}={addr}" if addr else fam)
-                cnt = self._acc.setdefault(key, {})
-                n = cnt.get((cid, sid), 0) + delta
-                if n:
-                    cnt[(cid, sid)] = n
-                else:
-                    cnt.pop((cid, sid), None)
-                keys.add(key)
-        return keys
+        self._members.update(users, plan.address_sets)
 
     def _add_floods(self, plan: HostPlan) -> None:
         """One flood flow per network; the same Owner object while the network's devices
