@@ -16,8 +16,8 @@ integration bridge, then prints:
   committed by the switch; p50 and p99 over the repetitions), split into compute (compile +
   render) and apply (resolve + diff + bundle), and the flows touched (added + deleted).
   The new ports' devices are on the bridge, and known to the applier, before the clock
-  runs: the OVSDB side of plugging a port (and the applier's one re-read of the port
-  numbers when a device appears, ~7 ms at 1,000 ports) is not in the figures.
+  runs: the OVSDB side of plugging a port (and the applier's update of its port numbers
+  when a device appears, ~1 ms at 1,000 ports) is not in the figures.
   Wall-clock figures depend on what else the machine runs; the CPU columns much less:
   the applying thread's CPU time per change (compile to commit) and ovs-vswitchd's CPU time
   per change (its /proc counters over the repetitions less its idle rate, a mean: they tick
@@ -115,7 +115,7 @@ def bench_size(n: int, reps: int) -> dict[str, Any]:
         add_devices(ns, [tap_name(pid) for pid in new_ids])
         # the applier's own OVSDB view has the new devices' port numbers before the clock
         # runs (it lags the connection that added them; else one measured change pays the
-        # port-number read a device's arrival costs, ~7 ms at 1,000 ports)
+        # port-number update a device's arrival costs)
         while not {tap_name(pid) for pid in new_ids} <= set(applier.db.ofports()):
             time.sleep(0.05)
         applier.apply(rend.render(comp.compile(w.m)), None)  # the new devices' port numbers
