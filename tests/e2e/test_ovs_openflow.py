@@ -9,6 +9,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -117,3 +118,58 @@ def test_the_ovs_ofctl_fallback_writes_the_same_bundles(bridge: str) -> None:
                                   "actions=ct(commit,zone=1)"])
     assert e.value.rolled_back
     assert [ln.sign for ln in ctl.diff(flows)] == ["+"]  # nothing of the refused bundle
+
+
+def test_port_numbers_read_from_raw_rows_equal_the_attribute_walk(
+        make_netns: Callable[[str], str]) -> None:
+    """OVSDB port numbers are read from the rows' server data and, after the first read,
+    only from the rows the server changed: the same as through the IDL's row attributes,
+    per bridge, as ports come and go."""
+    from portwall.backends.ovs.ovsdb import BRIDGE, Ovsdb
+
+    ns = make_netns("pwt-ofports")
+    try:
+        daemon.start(ns)
+        with Ovsdb(ns) as db:
+
+            def walk(bridge: str) -> dict[str, int]:
+                return {i.name: int(i.ofport[0]) for b in db._rows("Bridge") if b.name == bridge
+                        for p in b.ports for i in p.interfaces if i.ofport and i.ofport[0] > 0}
+
+            def settled(want: set[str], gone: set[str] = frozenset()) -> dict[str, int]:
+                for _ in range(200):
+                    got = db.ofports()
+                    if want <= set(got) and not gone & set(got):
+                        return got
+                    time.sleep(0.05)
+                raise AssertionError(f"not attached: {want - set(db.ofports())}")
+
+            def add(names: list[str], bridge: str = BRIDGE) -> None:
+                with db.api.transaction(check_error=True) as txn:
+                    for n in names:
+                        txn.add(db.api.add_port(bridge, n, type="patch",
+                                                options={"peer": f"nope-{n}"}))
+
+            with db.api.transaction(check_error=True) as txn:
+                txn.add(db.api.add_br("br-other", datapath_type="netdev"))
+            add([f"pwp{i}" for i in (1, 2, 4, 5)])
+            add(["pwp0", "pwp3"], "br-other")
+            got = settled({"pwp1", "pwp2", "pwp4", "pwp5"})
+            assert not {"pwp0", "pwp3"} & set(got)
+            state = db._ports_of
+            assert state is not None
+            for bridge in (BRIDGE, "br-other"):
+                assert db._ofports_raw(bridge) == walk(bridge) == db.ofports(bridge)
+            db.ofports()  # back to br-int: read afresh once
+            state = db._ports_of
+            for step in range(3):  # ports come and go: read from the changed rows only
+                add([f"pwn{step}"])
+                db.del_port(f"pwp{step + 1}" if step < 2 else "pwp5")
+                got = settled({f"pwn{step}"}, {f"pwp{step + 1}" if step < 2 else "pwp5"})
+                assert db._ports_of is state  # updated, not rebuilt
+                assert got == walk(BRIDGE) == db._ofports_raw(BRIDGE)
+            add(["pwq"], "br-other")  # another bridge's port: nothing here changes
+            time.sleep(0.3)
+            assert db.ofports() == walk(BRIDGE) and "pwq" not in db.ofports()
+    finally:
+        daemon.stop(ns)

@@ -139,6 +139,40 @@ def test_incremental_render_equals_fresh_render() -> None:
     assert {c: o.flows for c, o in inc.owners.items()} == {c: o.flows for c, o in fresh.owners.items()}
 
 
+def test_member_deltas_equal_a_fresh_render() -> None:
+    """Members counted from the compiler's set deltas, with one address given by two ports
+    (the member flow stays until both are gone) and a port removed and re-added."""
+    model = _model(20, 3)
+    comp, rend = PlanCompiler(), OvsRenderer()
+    rend.render(comp.compile(model))
+    a, b, c = list(model.ports.values())[2:5]
+    pair = {"allowed_address_pairs": [{"ip_address": "10.9.9.9"}]}
+
+    def check() -> set[int]:
+        inc = rend.render(comp.compile(model))
+        fresh = render_ovs(compile_plan(model))
+        assert {k: o.flows for k, o in inc.owners.items()} == {
+            k: o.flows for k, o in fresh.owners.items()}
+        return {k for k, o in inc.owners.items() if F.kind_of(k) == F.KIND_MEMBER
+                and any("10.9.9.9" in f.match for f in o.flows)}
+
+    assert not check()
+    model.update_port(a.id, pair)
+    shared = check()
+    assert shared
+    model.update_port(b.id, pair)
+    assert check() == shared
+    model.update_port(a.id, {"allowed_address_pairs": []})
+    assert check() == shared  # b still gives the address
+    model.update_port(b.id, {"allowed_address_pairs": []})
+    assert not check()
+    body = {k: v for k, v in vars(c).items() if k in ("network_id", "security_groups")}
+    model.delete_port(c.id)
+    check()
+    model.create_port({**body, "name": "again"})
+    check()
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_flows_decide_like_the_evaluator(seed: int, tmp_path: Path) -> None:
     """Random topologies (the e2e differential's generator) and random packets, in every
@@ -177,3 +211,21 @@ def test_arp_and_na_guard_flows() -> None:
     assert f"in_port={{{p.device}}},arp actions=drop" in text
     assert f"in_port={{{p.device}}},icmp6,icmp_type=136 actions=drop" in text
     assert ipaddress.ip_address(a)
+
+
+def test_the_warnings_the_renderer_lists_are_every_owners_warnings() -> None:
+    """A rule on ports of a protocol OpenFlow cannot match ports for (dccp) warns; the
+    renderer's list of warned owners gives the same warnings as asking every owner."""
+    rules = [{"direction": d, "ethertype": "IPv4", "protocol": "dccp", "port_range_min": 80,
+              "port_range_max": 80} for d in ("ingress", "egress")]
+    doc = {"project": "p", "networks": [{"name": "n", "subnets": [{"name": "s",
+                                                                     "cidr": "10.8.0.0/16"}]}],
+           "security_groups": [{"name": "odd", "security_group_rules": rules}],
+           "ports": [{"name": f"p{i}", "network_id": "n", "fixed_ips": [f"10.8.0.{i + 2}"],
+                      "security_groups": ["odd"]} for i in range(3)]}
+    model = loads_topology(yaml.safe_dump(doc), "<t>").model
+    comp, rend = PlanCompiler(), OvsRenderer()
+    for _ in range(2):  # a fresh render, then one from the caches
+        rs = rend.render(comp.compile(model))
+        every = [w for o in rs.owners.values() for w in o.warnings]
+        assert every and rs.warned is not None and rs.warnings() == every

@@ -1,7 +1,8 @@
 """Open vSwitch backend: security groups as OpenFlow conntrack flows on one integration
 bridge (userspace ``netdev`` datapath in the lab), applied as OpenFlow bundles.
 
-Pipeline and cookies: :mod:`.flows`; rendering: :mod:`.render`; bridge, ports and the
+Pipeline, cookies and owners: :mod:`.flows`; rendering: :mod:`.render` (remote-group member
+flows: :mod:`.members`); bridge, ports and the
 private daemons' sockets through OVSDB (ovsdbapp): :mod:`.ovsdb`; applier: :mod:`.apply`,
 which talks OpenFlow to the bridge through :mod:`.ofconn` (messages: :mod:`.ofmsg`).
 """

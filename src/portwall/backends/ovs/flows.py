@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from portwall.ir.types import CtState, IPNetwork, Match, PortRange, SetRef
+from portwall.ir.types import CtState, IPNetwork, Match, Origin, PortRange, SetRef
 
 T_CLASSIFY = 0
 T_EGRESS_START = 1
@@ -118,6 +118,21 @@ def resolve(text: str, ofports: dict[str, int]) -> str | None:
     Flood actions (``set_field:{dev}->reg7,resubmit(,40)``) just lose the missing ports."""
     if "{" not in text:
         return text
+    # common case, every device present: one split instead of two regex passes with a
+    # callback per device (a flood flow names every port of its network)
+    pieces = text.split("{")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        dev, sep, rest = piece.partition("}")
+        port = ofports.get(dev)
+        if port is None or not sep or not dev:
+            return _resolve_slow(text, ofports)
+        out += (str(port), rest)
+    done = "".join(out).rstrip(",")
+    return done if not done.endswith("actions=") else done + "drop"
+
+
+def _resolve_slow(text: str, ofports: dict[str, int]) -> str | None:
 
     def flood_part(m: re.Match[str]) -> str:
         return m.group(0) if m.group(1) in ofports else ""
@@ -222,3 +237,22 @@ def match_variants(m: Match, *, with_sets: bool = False) -> list[list[str]]:
 def set_field(set_is_src: bool, family: int) -> str:
     _base, src_f, dst_f = _PROTO_FIELDS[family]
     return src_f if set_is_src else dst_f
+
+
+class RenderError(ValueError):
+    """The plan cannot be expressed as flows (e.g. a port in more than 31 groups)."""
+
+
+@dataclass
+class Owner:
+    """The flows of one owner (a port, a rule set, a member address, a network)."""
+
+    cookie: int
+    label: str
+    flows: tuple[Flow, ...]
+    rids: dict[int, str] = field(default_factory=dict)  # flow cookie -> rid
+    origins: dict[str, Origin] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    #: set by the applier: some flows name a device that is not on the bridge (so a cached
+    #: resolution of this owner must not be trusted)
+    flows_skipped: bool = False

@@ -115,7 +115,20 @@ def _ct_state(text: str) -> tuple[int, int]:
     return (value, mask)
 
 
+#: one action: a name, then parenthesised groups without nesting and more of the name
+_ACTION_TOKEN = re.compile(r"[^,()]+(?:\([^()]*\)[^,()]*)*")
+
+
 def _split_actions(text: str) -> list[str]:
+    """Top-level comma-separated actions. One regex pass; a flood flow has two thousand
+    actions, which a character loop took ~5 ms to split on every port added."""
+    tokens = _ACTION_TOKEN.findall(text)
+    if ",".join(tokens) == text:  # no nesting, no empty or trailing action
+        return tokens
+    return _split_actions_slow(text)
+
+
+def _split_actions_slow(text: str) -> list[str]:
     out, depth, cur = [], 0, ""
     for ch in text:
         if ch == "," and depth == 0:
@@ -253,7 +266,7 @@ def add_mod(text: str) -> tuple[bytes, FlowKey]:
     mbytes = struct.pack("!HH", ofp.OFPMT_OXM, mlen) + body + b"\0" * (-mlen % 8)
     inst = b""
     if acts != "drop":
-        abytes = b"".join(_action(t) for t in _split_actions(acts))
+        abytes = b"".join(map(_action, _split_actions(acts)))
         inst = struct.pack("!HH4x", ofp.OFPIT_APPLY_ACTIONS, 8 + len(abytes)) + abytes
     length = _MOD.size + len(mbytes) + len(inst)
     head = _MOD.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, 0, cookie, 0, table,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,114 @@ def _import_ovs_without_eventlet() -> None:
 #: columns ovs-vswitchd rewrites all the time (counters, link state): not monitored. With a
 #: thousand ports, parsing their updates every few seconds in the IDL thread holds the GIL
 #: for tens of milliseconds, right in the middle of whatever change is being applied.
-VOLATILE = frozenset({"statistics", "status", "link_resets", "link_state", "link_speed",
+#: ``error``: rewritten on every interface at each reconfiguration (a port added), which
+#: would make every row "changed" for :meth:`Ovsdb.ofports`.
+VOLATILE = frozenset({"error", "statistics", "status", "link_resets", "link_state", "link_speed",
                       "duplex", "mtu", "admin_state", "lacp_current", "ifindex", "bfd_status",
                       "cfm_fault", "cfm_fault_status", "cfm_health", "cfm_remote_mpids",
                       "cfm_remote_opstate", "cfm_flap_count"})
+
+
+class _NotClean(Exception):
+    """A row with changes of a local transaction not yet confirmed: read it the slow way."""
+
+
+def _raw(row: Any, column: str) -> list[Any]:
+    """A column's atoms (UUIDs, ints, strings) straight from the row's server data."""
+    if row._changes or row._mutations or row._data is None:
+        raise _NotClean
+    datum = row._data.get(column)
+    return [] if datum is None else [a.value for a in datum.values]
+
+
+def _tracking_idl_class(base: type) -> type:
+    """``base`` (ovsdbapp's IDL) noting which rows the server changed: :meth:`notify` runs
+    in the connection's thread after a row changed, so a row read after its change was
+    taken is read again next time."""
+    global _TRACKING_IDL
+    if _TRACKING_IDL is None or _TRACKING_IDL.__base__ is not base:
+
+        class TrackingIdl(base):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                self.pw_lock = threading.Lock()
+                self.pw_events = 0
+                self.pw_changed: set[tuple[str, Any]] | None = set()
+                super().__init__(*args, **kwargs)
+
+            def notify(self, event: Any, row: Any, updates: Any = None) -> None:
+                with self.pw_lock:
+                    self.pw_events += 1
+                    if self.pw_changed is not None:
+                        self.pw_changed.add((row._table.name, row.uuid))
+                        if len(self.pw_changed) > _MANY_CHANGES:
+                            self.pw_changed = None  # a resync: read everything
+                super().notify(event, row, updates)
+
+        _TRACKING_IDL = TrackingIdl
+    return _TRACKING_IDL
+
+
+_TRACKING_IDL: type | None = None
+#: more changed rows than this and the next read walks every row again
+_MANY_CHANGES = 256
+
+
+class _BridgePorts:
+    """One bridge's ports, interfaces and their numbers as last read from the rows' server
+    data; :meth:`update` re-reads only the rows that changed."""
+
+    def __init__(self, bridge: str) -> None:
+        self.bridge = bridge
+        self.uuid: Any = None  # the bridge row
+        self.ports: dict[Any, tuple[Any, ...]] = {}  # port row -> its interface rows
+        self.ifaces: dict[Any, tuple[str, int]] = {}  # interface row -> (name, ofport)
+
+    def update(self, tables: Any, changed: set[tuple[str, Any]] | None) -> bool:
+        """Bring the state up to date (``changed`` None: read every row); False when it
+        cannot be done from ``changed`` (the caller starts afresh)."""
+        brows = tables["Bridge"].rows
+        prows = getattr(tables["Port"].rows, "data", tables["Port"].rows)
+        irows = getattr(tables["Interface"].rows, "data", tables["Interface"].rows)
+        dirty_ifaces: set[Any] = set()
+        if changed is None:
+            self.ports, self.ifaces = {}, {}
+            brs = [b for b in list(brows.values()) if _raw(b, "name") == [self.bridge]]
+            self.uuid = brs[0].uuid if brs else None
+            dirty_ports = set(_raw(brs[0], "ports")) if brs else set()
+        else:
+            if self.uuid is None or any(t == "Bridge" and u != self.uuid for t, u in changed):
+                return False  # a bridge came or went: start afresh
+            dirty_ports = {u for t, u in changed if t == "Port" and u in self.ports}
+            dirty_ifaces = {u for t, u in changed if t == "Interface" and u in self.ifaces}
+            if ("Bridge", self.uuid) in changed:
+                br = brows.get(self.uuid)
+                if br is None:
+                    return False
+                now = set(_raw(br, "ports"))
+                for pu in self.ports.keys() - now:
+                    for iu in self.ports.pop(pu):
+                        self.ifaces.pop(iu, None)
+                dirty_ports |= now - self.ports.keys()
+        for pu in dirty_ports:
+            old = self.ports.pop(pu, ())
+            port = prows.get(pu)
+            new = tuple(_raw(port, "interfaces")) if port is not None else ()
+            for iu in set(old) - set(new):
+                self.ifaces.pop(iu, None)
+            if port is not None:
+                self.ports[pu] = new
+            dirty_ifaces.update(new)
+        for iu in dirty_ifaces:
+            iface = irows.get(iu)
+            if iface is None:
+                self.ifaces.pop(iu, None)
+                continue
+            no = _raw(iface, "ofport")
+            self.ifaces[iu] = (_raw(iface, "name")[0], int(no[0]) if no else -1)
+        return True
+
+    def ofports(self) -> dict[str, int]:
+        return {name: no for name, no in self.ifaces.values() if no > 0}
 
 
 class Ovsdb:
@@ -98,12 +203,13 @@ class Ovsdb:
         helper = idlutils.get_schema_helper(remote, "Open_vSwitch")
         for table, spec in helper.schema_json["tables"].items():
             helper.register_columns(table, [c for c in spec["columns"] if c not in VOLATILE])
-        idl = connection.OvsdbIdl(remote, helper)
+        idl = _tracking_idl_class(connection.OvsdbIdl)(remote, helper)
         self._conn = connection.Connection(idl=idl, timeout=timeout)
         # ovsdbapp keeps one connection per API class: a class of our own per server
         api_cls = type("PortwallOvsIdl", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
         self.api: Any = api_cls(self._conn)
         self._ofports: tuple[int, str, dict[str, int]] | None = None
+        self._ports_of: _BridgePorts | None = None  # what the last raw read saw, per row
 
     def close(self) -> None:
         self._conn.stop()
@@ -124,21 +230,43 @@ class Ovsdb:
     def ofports(self, bridge: str = BRIDGE) -> dict[str, int]:
         """Interface name -> OpenFlow port number, for the ports of ``bridge`` that
         ovs-vswitchd has attached (a port it could not open has none). Cached until the
-        database changes: walking a thousand ports' rows costs milliseconds."""
-        seqno = self._conn.idl.change_seqno
-        if self._ofports is not None and self._ofports[:2] == (seqno, bridge):
+        database changes, then brought up to date from the rows that changed (the IDL's
+        notifications): walking a thousand ports' rows costs milliseconds, and every new
+        port's device is such a change."""
+        idl = self._conn.idl
+        with idl.pw_lock:
+            events, changed = idl.pw_events, idl.pw_changed
+            idl.pw_changed = set()
+        if self._ofports is not None and self._ofports[:2] == (events, bridge):
             return dict(self._ofports[2])
-        out: dict[str, int] = {}
-        for br in self._rows("Bridge"):
-            if br.name != bridge:
-                continue
-            for port in br.ports:
-                for iface in port.interfaces:
-                    no = iface.ofport[0] if iface.ofport else -1
-                    if no > 0:
-                        out[iface.name] = int(no)
-        self._ofports = (seqno, bridge, out)
+        try:
+            state = self._ports_of
+            if state is None or state.bridge != bridge or not state.update(self.api.tables,
+                                                                           changed):
+                state = _BridgePorts(bridge)
+                state.update(self.api.tables, None)
+            out = state.ofports()
+            self._ports_of = state
+        except _NotClean:
+            self._ports_of = None
+            out = {}
+            for br in self._rows("Bridge"):
+                if br.name != bridge:
+                    continue
+                for port in br.ports:
+                    for iface in port.interfaces:
+                        no = iface.ofport[0] if iface.ofport else -1
+                        if no > 0:
+                            out[iface.name] = int(no)
+        self._ofports = (events, bridge, out)
         return dict(out)
+
+    def _ofports_raw(self, bridge: str) -> dict[str, int]:
+        """:meth:`ofports` read afresh from every row (what the incremental reads are
+        checked against)."""
+        state = _BridgePorts(bridge)
+        state.update(self.api.tables, None)
+        return state.ofports()
 
     # ----------------------------------------------------------------- writes
     def ensure_bridge(self, bridge: str = BRIDGE) -> None:

@@ -23,17 +23,18 @@ changed parts plus assembling the member and flood flows.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from portwall.backends.ovs import flows as F
-from portwall.backends.ovs.flows import Flow, Unrenderable
+from portwall.backends.ovs.flows import Flow, Owner, RenderError, Unrenderable
+from portwall.backends.ovs.members import MemberFlows
 from portwall.bulk import cached_build
 from portwall.ir.types import (
     Action,
     AddressSet,
     HostPlan,
-    IPNetwork,
     Jump,
     Origin,
     OriginKind,
@@ -46,25 +47,6 @@ from portwall.ir.types import (
 )
 
 
-class RenderError(ValueError):
-    """The plan cannot be expressed as flows (e.g. a port in more than 31 groups)."""
-
-
-@dataclass
-class Owner:
-    """The flows of one owner (a port, a rule set, a member address, a network)."""
-
-    cookie: int
-    label: str
-    flows: tuple[Flow, ...]
-    rids: dict[int, str] = field(default_factory=dict)  # flow cookie -> rid
-    origins: dict[str, Origin] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-    #: set by the applier: some flows name a device that is not on the bridge (so a cached
-    #: resolution of this owner must not be trusted)
-    flows_skipped: bool = False
-
-
 @dataclass
 class OvsRuleset:
     """The bridge's desired flows, grouped by owner cookie."""
@@ -72,6 +54,9 @@ class OvsRuleset:
     owners: dict[int, Owner]
     bridge: str = "br-int"
     backend: str = "ovs"
+    #: the cookies of the owners with warnings, when the renderer knows them (so that
+    #: :meth:`warnings` need not look at every owner)
+    warned: tuple[int, ...] | None = None
 
     def provenance(self) -> dict[str, Origin]:
         out: dict[str, Origin] = {}
@@ -94,6 +79,8 @@ class OvsRuleset:
         return [f for o in self.owners.values() for f in o.flows]
 
     def warnings(self) -> list[str]:
+        if self.warned is not None:
+            return [w for c in self.warned for w in self.owners[c].warnings]
         return [w for o in self.owners.values() for w in o.warnings]
 
     def counts(self) -> dict[str, int]:
@@ -411,13 +398,15 @@ class OvsRenderer:
         self._ports: dict[int, tuple[PortPlan, Owner]] = {}
         self._rulesets: dict[int, _RsOut] = {}
         self._sets_key: dict[str, int] = {}
-        # set id -> (its AddressSet, the conjunctions using it, its ((table, match), conj))
-        self._contrib: dict[str, tuple[AddressSet, tuple[tuple[int, int, bool], ...],
-                                       frozenset[IPNetwork]]] = {}
-        self._acc: dict[tuple[int, str], dict[tuple[int, str], int]] = {}  # -> (conj, set): n
-        self._mowners: dict[tuple[int, str], Owner] = {}
+        self._members = MemberFlows()
         self._floods: dict[int, tuple[tuple[str, ...], str, Owner]] = {}
         self._base = base_owner()
+        # cookie -> owner of the ports, member flows and floods, kept between renders: a
+        # change adds them to the ruleset with one dict update, not one call per owner
+        self._port_map: dict[int, Owner] = {}
+        self._flood_map: dict[int, Owner] = {}
+        self._last_ports: tuple[PortPlan, ...] | None = None
+        self._port_warned: list[int] = []
 
     def render(self, plan: HostPlan) -> OvsRuleset:
         with cached_build(self._reset):
@@ -426,16 +415,47 @@ class OvsRenderer:
     def _render(self, plan: HostPlan) -> OvsRuleset:
         owners: dict[int, Owner] = {self._base.cookie: self._base}
         self._add_rulesets(plan, owners)
-        self._add_ports(plan, owners)
-        self._add_members(plan, owners)
-        self._add_floods(plan, owners)
-        return OvsRuleset(owners, self.bridge)
+        # the very same port plans as last time (a member or a rule changed): the ports'
+        # and the floods' owners are the last ones; checked by identity at C speed
+        last, ports = self._last_ports, plan.ports
+        same = last is not None and (last is ports or (
+            len(last) == len(ports) and all(map(operator.is_, last, ports))))
+        if not same:
+            self._add_ports(plan)
+        self._put_all(owners, self._port_map)
+        self._add_members(plan)
+        self._put_all(owners, self._members.by_cookie)
+        if not same:
+            self._add_floods(plan)
+        self._put_all(owners, self._flood_map)
+        self._last_ports = ports
+        # in the owners' order; the base, member and flood owners have no warnings
+        warned = (*(r.owner.cookie for r in self._rulesets.values() if r.owner.warnings),
+                  *self._port_warned)
+        return OvsRuleset(owners, self.bridge, warned=warned)
 
     @staticmethod
     def _put(owners: dict[int, Owner], o: Owner) -> None:
         if o.cookie in owners:
             raise RenderError(f"cookie clash between {owners[o.cookie].label} and {o.label}")
         owners[o.cookie] = o
+
+    @staticmethod
+    def _put_all(owners: dict[int, Owner], more: dict[int, Owner]) -> None:
+        if not owners.keys().isdisjoint(more):
+            c = next(c for c in more if c in owners)
+            raise RenderError(f"cookie clash between {owners[c].label} and {more[c].label}")
+        owners.update(more)
+
+    @staticmethod
+    def _map(items: list[Owner]) -> dict[int, Owner]:
+        """cookie -> owner; RenderError if two owners share a cookie."""
+        out = {o.cookie: o for o in items}
+        if len(out) != len(items):
+            out = {}
+            for o in items:
+                OvsRenderer._put(out, o)  # raises at the clash
+        return out
 
     def _add_rulesets(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
         # a rule set's flows depend on whether its sets are empty: key on set identity too
@@ -453,88 +473,30 @@ class OvsRenderer:
             self._rulesets[id(rs)] = out
             self._put(owners, out.owner)
 
-    def _add_ports(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
-        old, self._ports = self._ports, {}
-        for p in plan.ports:
-            hit = old.get(id(p))
-            owner = hit[1] if hit is not None else _PortFlows(p).build()
-            self._ports[id(p)] = (p, owner)
-            self._put(owners, owner)
+    def _add_ports(self, plan: HostPlan) -> None:
+        old = self._ports
+        self._ports = {id(p): old.get(id(p)) or (p, _PortFlows(p).build()) for p in plan.ports}
+        self._port_map = self._map([o for _p, o in self._ports.values()])
+        self._port_warned = [c for c, o in self._port_map.items() if o.warnings]
 
-    def _add_members(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
+    def _add_members(self, plan: HostPlan) -> None:
         """One flow per (direction table, member address): the conjunction clauses 2/2 of
         every (rule set, address set) pair whose set holds that address.
 
         Incremental: each address set's contribution is kept (keyed by the AddressSet
         object and the conjunctions that use it) and only the addresses of a set that
-        changed are re-counted and re-rendered, so one member more costs O(1) flows and
-        O(that set) work, not O(all members)."""
+        changed are re-counted and re-rendered, so one member more costs O(1) flows and,
+        with the compiler's :class:`SetDelta`, O(1) work (O(that set) without one), not
+        O(all members): :class:`.members.MemberFlows`."""
         users: dict[str, set[tuple[int, int, bool]]] = {}  # set id -> (table, conj, is src)
         for out in self._rulesets.values():
             ingress = out.rs.direction == "ingress"
             table = F.T_INGRESS_RULES if ingress else F.T_EGRESS_RULES
             for sid, cid in out.conj.items():
                 users.setdefault(sid, set()).add((table, cid, ingress))
-        changed: set[tuple[int, str]] = set()
-        for sid in [s for s in self._contrib if s not in users]:
-            _aset, uses_, cidrs_ = self._contrib.pop(sid)
-            changed |= self._count(sid, uses_, cidrs_, -1)
-        for sid, uses in users.items():
-            aset = plan.address_sets[sid]
-            ident = tuple(sorted(uses))
-            hit = self._contrib.get(sid)
-            if hit is not None and hit[0] is aset and hit[1] == ident:
-                continue
-            cidrs = frozenset(m.cidr for m in aset.members)
-            if hit is not None and hit[1] == ident:  # same users: only the members moved
-                old = hit[2]
-                changed |= self._count(sid, ident, old - cidrs, -1)
-                changed |= self._count(sid, ident, cidrs - old, +1)
-            else:
-                if hit is not None:
-                    changed |= self._count(sid, hit[1], hit[2], -1)
-                changed |= self._count(sid, ident, cidrs, +1)
-            self._contrib[sid] = (aset, ident, cidrs)
-        for key in changed:
-            cnt = self._acc.get(key)
-            if not cnt:
-                self._acc.pop(key, None)
-                self._mowners.pop(key, None)
-                continue
-            table, m = key
-            cookie = F.owner_cookie(F.KIND_MEMBER, f"{table}:{m}")
-            a = ",".join(f"conjunction({c},2/2)" for c in sorted({c for c, _ in cnt}))
-            rid = f"member-{m.split('=')[-1] if '=' in m else 'any'}"
-            srcs = sorted({sid for _, sid in cnt})
-            origin = Origin(OriginKind.GROUP, "address_set", srcs[0], ", ".join(srcs),
-                            f"remote-group member {m}")
-            self._mowners[key] = Owner(cookie, f"member {m} of {', '.join(srcs)}",
-                                       (Flow(table, F.RULE_PRIORITY, m, a, cookie | 1),),
-                                       {cookie | 1: rid}, {rid: origin})
-        for o in self._mowners.values():
-            self._put(owners, o)
+        self._members.update(users, plan.address_sets)
 
-    def _count(self, sid: str, uses: tuple[tuple[int, int, bool], ...],
-               cidrs: Iterable[IPNetwork], delta: int) -> set[tuple[int, str]]:
-        """Add (+1) or remove (-1) the clauses ``sid`` puts on each address; the keys
-        (table, match) whose flow must be re-rendered."""
-        keys = set()
-        for c in cidrs:
-            fam = "ip" if c.version == 4 else "ipv6"
-            addr = F.net_text(c) if c.prefixlen else ""
-            for table, cid, is_src in uses:
-                fld = F.set_field(is_src, c.version)
-                key = (table, f"{fam},{fld}={addr}" if addr else fam)
-                cnt = self._acc.setdefault(key, {})
-                n = cnt.get((cid, sid), 0) + delta
-                if n:
-                    cnt[(cid, sid)] = n
-                else:
-                    cnt.pop((cid, sid), None)
-                keys.add(key)
-        return keys
-
-    def _add_floods(self, plan: HostPlan, owners: dict[int, Owner]) -> None:
+    def _add_floods(self, plan: HostPlan) -> None:
         """One flood flow per network; the same Owner object while the network's devices
         stay the same (its text is O(ports), and an unchanged object is what lets the
         applier skip resolving it again)."""
@@ -547,10 +509,9 @@ class OvsRenderer:
             hit = old.get(zone)
             if hit is not None and hit[0] == devices and hit[1] == ports[0].network_id:
                 self._floods[zone] = hit
-                self._put(owners, hit[2])
                 continue
             cookie = F.owner_cookie(F.KIND_NET, f"zone:{zone}")
-            acts = "".join(F.flood_action(d) for d in devices)
+            acts = "".join(map(F.flood_action, devices))
             rid = f"flood-{ports[0].network_id}"
             origin = Origin(OriginKind.PROVIDER, "network", ports[0].network_id, "",
                             "broadcast and multicast to every port of the network")
@@ -559,7 +520,7 @@ class OvsRenderer:
                 (Flow(F.T_FORWARD, 50, f"reg6={zone},dl_dst=01:00:00:00:00:00/01:00:00:00:00:00",
                       acts, cookie | 1),), {cookie | 1: rid}, {rid: origin})
             self._floods[zone] = (devices, ports[0].network_id, owner)
-            self._put(owners, owner)
+        self._flood_map = self._map([o for _d, _n, o in self._floods.values()])
 
 
 def render_ovs(plan: HostPlan) -> OvsRuleset:
