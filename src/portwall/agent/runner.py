@@ -18,6 +18,7 @@ from typing import Any
 
 from portwall import backends
 from portwall.agent.metrics import Metrics
+from portwall.backends.base import ApplyReport
 from portwall.bulk import gc_paused
 from portwall.ir.compile import PlanCompiler
 from portwall.store import Record, Store, agent_record_id, codec
@@ -63,6 +64,7 @@ class Agent:
         self.last_error = ""
         self.drift_repairs = 0
         self.apply_ms = self.resync_ms = 0.0  # last change's / last full resync's duration
+        self.last_report: ApplyReport | None = None  # the last apply's report
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_report = 0.0
@@ -99,8 +101,19 @@ class Agent:
             revision = self.cache.revision
             self.plan = self.compiler.compile(self.cache.model)
         self.ruleset = self.renderer.render(self.plan)
-        report = self.applier.apply(self.ruleset, self.plan)
-        self._guard_host_nat()
+        # The guard first: when it writes (iptables-nft's nat table bumps the nf_tables
+        # generation), the apply that follows sees it, and the applier's knowledge of the
+        # kernel stays valid for the next change (guarded after the apply, the first change
+        # after every resync re-read the whole table: ~17 ms at 1,000 ports). A failing
+        # guard still lets the filter be enforced, then fails the step.
+        guard_error: Exception | None = None
+        try:
+            self._guard_host_nat()
+        except Exception as e:  # re-raised below, after the apply
+            guard_error = e
+        report = self.last_report = self.applier.apply(self.ruleset, self.plan)
+        if guard_error is not None:
+            raise guard_error
         self.apply_ms = (time.perf_counter() - t0) * 1000
         self.metrics.apply_seconds.observe(self.apply_ms / 1000)
         counts = self.ruleset.counts()
