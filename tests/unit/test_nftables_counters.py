@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from portwall.backends.iptables.render import egress_chain, ingress_chain
-from portwall.backends.nftables.counters import _chains, chains_of, parse_counters
+from portwall.backends.nftables.counters import _MAPS, _chains, parse_counters
 from portwall.backends.nftables.render import render_nftables
 from portwall.backends.nftables.spell import rid_of
 from portwall.backends.nftables.state import KernelState, parse
 from portwall.backends.nftables.text import full_text
-from portwall.backends.nftables.types import INET, TABLE, NftChain
+from portwall.backends.nftables.types import INET, TABLE, NftChain, NftRuleset
 from portwall.ir import compile_plan
 from portwall.ir.types import PortPlan, Rule
 from portwall.lab.evidence import places
@@ -23,6 +23,12 @@ from portwall.model import Model, stable_ids
 from portwall.topology import load_topology
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def chains_of(rs: NftRuleset) -> dict[str, tuple[str, str]]:
+    """device -> (ingress chain, egress chain) of every filtered port of a rendered ruleset
+    (the same lookup the lab does in the kernel's dispatch maps)."""
+    return _chains({k: rs.sets[k].elements for k in _MAPS if k in rs.sets})
 
 
 def _model() -> Model:

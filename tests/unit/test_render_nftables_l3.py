@@ -5,11 +5,11 @@ and marks floating-IP connections so that a move cuts them by mark."""
 from __future__ import annotations
 
 import ipaddress
-import json
 from pathlib import Path
 
 from portwall.backends.iptables.l3 import render_router as render_ipt
-from portwall.backends.nftables.l3 import NftL3Renderer, parse_counters, render_router
+from portwall.backends.nftables.counters import parse_counters
+from portwall.backends.nftables.l3 import NftL3Renderer, render_router
 from portwall.ir.compile import compile_plan
 from portwall.kernel.conntrack import fip_ct_marks
 from portwall.topology import load_topology, loads_topology
@@ -102,6 +102,6 @@ def test_counters_parsed_per_family_chain_and_rid() -> None:
                            {"counter": {"packets": 3, "bytes": 180}}, {"drop": None}]}},
         {"rule": {"chain": "pw-fiX", "comment": "pw-fw-invalid",
                   "expr": [{"counter": {"packets": 2, "bytes": 80}}, {"drop": None}]}}]}
-    got = parse_counters(json.dumps(listing))
+    got = parse_counters(listing["nftables"])
     assert got == {(6, "pw-fiX", "fw-default-1"): 3, (4, "pw-fiX", "pw-fw-invalid"): 2,
                    (6, "pw-fiX", "pw-fw-invalid"): 2}

@@ -70,11 +70,17 @@ def _nftables_places() -> Places:
     return Places(chain, lambda p: SPOOF_DROP)
 
 
+#: backend -> where it counts port drops; a backend not listed gets iptables' chain names,
+#: never read (it has no :data:`COUNTER_READERS` entry)
+_PLACES: dict[str, Callable[[], Places]] = {
+    "iptables": _iptables_places,
+    "nftables": _nftables_places,
+}
+
+
 def places(backend: str | None) -> Places:
-    """Where ``backend`` counts port drops (iptables' chain names for a backend without
-    counters: its keys are never read)."""
-    name = backends.get(backend).name
-    return _nftables_places() if name == "nftables" else _iptables_places()
+    """Where ``backend`` counts port drops."""
+    return _PLACES.get(backends.get(backend).name, _iptables_places)()
 
 
 @dataclass

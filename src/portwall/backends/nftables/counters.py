@@ -23,7 +23,6 @@ from portwall.backends.nftables.types import (
     BRIDGE,
     INET,
     TABLE,
-    NftRuleset,
     SetKey,
     element_key,
 )
@@ -108,11 +107,6 @@ def _chains(sets: Mapping[SetKey, frozenset[str]]) -> dict[str, tuple[str, str]]
 
 
 _MAPS = ((BRIDGE, "ports"), (INET, "ingress"), (INET, "egress"))
-
-
-def chains_of(rs: NftRuleset) -> dict[str, tuple[str, str]]:
-    """device -> (ingress chain, egress chain) of every filtered port of a rendered ruleset."""
-    return _chains({k: rs.sets[k].elements for k in _MAPS if k in rs.sets})
 
 
 def kernel_port_chains(netns: str | None) -> dict[str, tuple[str, str]]:

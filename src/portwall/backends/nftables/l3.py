@@ -26,7 +26,6 @@ cuts its connections with two in-kernel flushes. Every rule ends in ``comment "<
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -179,15 +178,6 @@ class NftL3Renderer(RouterRenderCache[NftL3Ruleset]):
 
 
 # ------------------------------------------------------------------ counters
-def parse_counters(listing: str) -> Counters:
-    """(family, chain, rid) -> packets, from ``nft -j list table inet portwall_l3``."""
-    try:
-        items = json.loads(listing).get("nftables", [])
-    except ValueError:
-        return {}
-    return counters.parse_counters(items)
-
-
 def read_counters(netns: str) -> Counters:
     """The packet counters of portwall's router table in ``netns`` (empty without it),
     read in-process through libnftables."""

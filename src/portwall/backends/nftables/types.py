@@ -140,14 +140,15 @@ class NftChain:
     def signature(self) -> tuple[str, ...]:
         """What a kernel chain is compared by (:attr:`.state.KernelState.chains`): each
         rule's comment, plus :data:`COUNTED` when the rule counts."""
-        out = []
-        for r in self.rules:
-            m = _COMMENT.search(r)
-            tag = m.group(1) if m else ""
-            if " counter " in (r[:m.start()] if m else r) or r.startswith("counter "):
-                tag += COUNTED
-            out.append(tag)
-        return tuple(out)
+        return tuple(t + COUNTED if _counts(r) else t
+                     for r, t in zip(self.rules, self.tags(), strict=True))
+
+
+def _counts(rule: str) -> bool:
+    """Whether a rule's statements (its text before the comment) include ``counter``."""
+    m = _COMMENT.search(rule)
+    head = rule[:m.start()] if m else rule
+    return head.startswith("counter ") or " counter " in head
 
 
 def element_key(element: str) -> str:

@@ -58,13 +58,6 @@ class NftWorker:
 
     def cmd_inside(self, text: str, as_json: bool = False) -> tuple[int, str, str]:
         """One batch; only from inside :meth:`call`."""
-        return self._cmd(text, as_json)
-
-    def generation_inside(self) -> int | None:
-        """:meth:`generation`; only from inside :meth:`call`."""
-        return self._generation()
-
-    def _cmd(self, text: str, as_json: bool) -> tuple[int, str, str]:
         self._nft.set_json_output(as_json)
         try:
             rc, out, err = self._nft.cmd(text)
@@ -74,17 +67,17 @@ class NftWorker:
 
     def run(self, text: str) -> tuple[int, str, str]:
         """One ``nft -f`` batch: one transaction, all or nothing."""
-        return self.call(lambda: self._cmd(text, False))
+        return self.call(lambda: self.cmd_inside(text))
 
     def list_json(self, what: str, stateful: bool = False) -> list[dict[str, Any]] | None:
         """``nft -j list <what>`` objects, or None when it does not exist; ``stateful``
         includes counter values (a rule's ``counter`` is ``null`` otherwise)."""
         def listing() -> tuple[int, str, str]:
             if not stateful:
-                return self._cmd(f"list {what}", True)
+                return self.cmd_inside(f"list {what}", True)
             self._nft.set_stateless_output(False)
             try:
-                return self._cmd(f"list {what}", True)
+                return self.cmd_inside(f"list {what}", True)
             finally:
                 self._nft.set_stateless_output(True)
 
@@ -94,9 +87,10 @@ class NftWorker:
         items: list[dict[str, Any]] = json.loads(out).get("nftables", [])
         return items
 
-    def _generation(self) -> int | None:
-        """One NFT_MSG_GETGEN on a plain netlink socket (opened in the namespace): a few
-        microseconds, where a pyroute2 request costs ~0.3 ms on every apply."""
+    def generation_inside(self) -> int | None:
+        """The generation, only from inside :meth:`call`: one NFT_MSG_GETGEN on a plain
+        netlink socket (opened in the namespace), a few microseconds, where a pyroute2
+        request costs ~0.3 ms on every apply."""
         try:
             if self._gen_sock is None:
                 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
@@ -130,8 +124,8 @@ class NftWorker:
             return None
 
     def _commit(self, text: str) -> tuple[int, str, str, int | None, int | None]:
-        rc, out, err = self._cmd(text, False)
-        return rc, out, err, self._generation(), self._conntrack_count()
+        rc, out, err = self.cmd_inside(text)
+        return rc, out, err, self.generation_inside(), self._conntrack_count()
 
     def commit(self, text: str) -> tuple[int, str, str, int | None, int | None]:
         """:meth:`run`, then the generation it left and the conntrack count, in one visit to
@@ -140,7 +134,7 @@ class NftWorker:
 
     def generation(self) -> int | None:
         """The nf_tables generation (bumped by every committed transaction of anyone)."""
-        return self.call(self._generation)
+        return self.call(self.generation_inside)
 
     def conntrack_count(self) -> int | None:
         """Tracked connections in the namespace (None if unknown): /proc/sys/net is per
